@@ -1,0 +1,1 @@
+"""Dataset checkers: ``check(root) -> list of problems`` per format (``sfd data check``)."""

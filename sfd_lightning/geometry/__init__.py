@@ -1,0 +1,1 @@
+"""Geometry: cameras, surfaces, mesh extraction, sampling, file IO."""

@@ -1,0 +1,1 @@
+"""Reusable networks: SDF MLP, positional encoding, ResNet encoders."""
