@@ -150,12 +150,25 @@ def _build_cli(args: list[str]):
                     auto_configure_optimizers=False, args=args)
 
 
+def _remove_unfinished_run(previous_run: Optional[str]) -> None:
+    """Delete the run folder this call created when it failed before writing any checkpoint."""
+    import shutil
+
+    current = os.environ.get(RUN_DIR_ENV)
+    if not current or current == previous_run:
+        return
+    run_dir = Path(current)
+    if run_dir.is_dir() and not (run_dir / "checkpoints").exists():
+        _finish_wandb()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _finish_wandb() -> None:
     if "wandb" in sys.modules:
         import wandb
 
         if wandb.run is not None:
-            wandb.finish(quiet=True)
+            wandb.finish()
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -172,7 +185,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if argv[0] in TOOL_GROUPS:
             module = importlib.import_module(TOOL_GROUPS[argv[0]])
             return int(module.main(argv[1:]) or 0)
-        _build_cli(_restore_classes_from_checkpoint(argv))
+        previous_run = os.environ.get(RUN_DIR_ENV)
+        try:
+            _build_cli(_restore_classes_from_checkpoint(argv))
+        except InputError:
+            _remove_unfinished_run(previous_run)
+            raise
         return 0
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -188,7 +206,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def console_main() -> None:
     """Console-script wrapper: exits with :func:`main`'s code."""
-    sys.exit(main())
+    argv = sys.argv[1:]
+    sys.argv = sys.argv[:1]  # LightningCLI warns when it sees both sys.argv and args
+    sys.exit(main(argv))
 
 
 if __name__ == "__main__":

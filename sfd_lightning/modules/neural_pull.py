@@ -146,8 +146,8 @@ class NeuralPull(BaseReconSystem):
         start = time.perf_counter()
         mesh = self.extract(None, resolution, self.hparams.mc_level, self.hparams.extraction_mode)
         extraction_s = time.perf_counter() - start
-        self.log(f"{stage}/extraction_s", extraction_s, batch_size=1)
-        self.log(f"{stage}/mesh_vertices", float(len(mesh.vertices)), batch_size=1)
+        self.log(f"{stage}/extraction_s", extraction_s, batch_size=1, sync_dist=True)
+        self.log(f"{stage}/mesh_vertices", float(len(mesh.vertices)), batch_size=1, sync_dist=True)
         result: dict[str, Any] = {"mesh": mesh, "extraction_s": extraction_s}
         gt = datamodule.load_ground_truth() if datamodule is not None and hasattr(datamodule, "load_ground_truth") else None
         if gt is not None:
@@ -155,7 +155,7 @@ class NeuralPull(BaseReconSystem):
             result["evaluation"] = scores
             for key, value in scores["metrics"].items():
                 if value is not None:
-                    self.log(f"{stage}/{key}", float(value), batch_size=1, prog_bar=key == "cd_l1")
+                    self.log(f"{stage}/{key}", float(value), batch_size=1, prog_bar=key == "cd_l1", sync_dist=True)
         if self.trainer.is_global_zero:
             bbox = (self.bbox_min, self.bbox_max)
             center = float((self.bbox_min[2] + self.bbox_max[2]) / 2)
