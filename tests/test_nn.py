@@ -62,3 +62,22 @@ def test_sdf_with_gradient_matches_analytic_sphere():
     f, g = sdf_with_gradient(Sphere(), x, create_graph=False)
     assert torch.allclose(g, x / x.norm(dim=1, keepdim=True), atol=1e-6)
     assert torch.allclose(f, x.norm(dim=1) - 0.5)
+
+
+def test_weight_norm_matches_torch_parametrization_and_pickles():
+    import pickle
+
+    from torch.nn.utils.parametrizations import weight_norm
+
+    from sfd_lightning.nn.weight_norm import WeightNormLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(5, 4)
+    ours = WeightNormLinear(linear)
+    reference = weight_norm(torch.nn.Linear(5, 4))
+    reference.load_state_dict(ours.state_dict())  # identical keys and shapes
+    x = torch.randn(3, 5)
+    assert torch.allclose(ours(x), reference(x), atol=1e-6)
+    assert torch.allclose(ours(x), linear(x), atol=1e-6)
+    clone = pickle.loads(pickle.dumps(ours))
+    assert torch.allclose(clone(x), ours(x))

@@ -14,9 +14,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
 from sfd_lightning.nn.positional_encoding import PositionalEncoding
+from sfd_lightning.nn.weight_norm import WeightNormLinear
 
 
 class SDFMLP(nn.Module):
@@ -53,7 +53,7 @@ class SDFMLP(nn.Module):
             layer = nn.Linear(dims[i], out_dim)
             if geometric_init:
                 self._geometric_init(layer, i, len(dims) - 2, out_dim, init_radius, num_frequencies, point_dim)
-            layers.append(_weight_norm(layer) if weight_norm else layer)
+            layers.append(WeightNormLinear(layer) if weight_norm else layer)
         self.layers = nn.ModuleList(layers)
         if activation == "relu":
             self.activation: nn.Module = nn.ReLU()

@@ -48,6 +48,7 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subcommands(dest="command", required=True)
 
     synth = ArgumentParser(description="Write synthetic data in a real dataset layout.")
+    commands.add_subcommand("synth", synth)  # jsonargparse: parent levels first
     formats = synth.add_subcommands(dest="format", required=True)
     for name, module_name in SYNTH_FORMATS.items():
         module = _optional_module(module_name)
@@ -58,7 +59,6 @@ def build_parser() -> ArgumentParser:
         sub.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
         module.configure_parser(sub)
         formats.add_subcommand(name, sub)
-    commands.add_subcommand("synth", synth)
 
     check = ArgumentParser(description="Validate a dataset tree; list every problem with its path.")
     check.add_argument("root", type=str)
