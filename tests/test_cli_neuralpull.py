@@ -81,25 +81,26 @@ def test_resume_after_sigkill(tmp_path):
     """A fit killed mid-run (SIGKILL) resumes from last.ckpt and completes."""
     root = tmp_path / "runs"
     args = [sys.executable, "-m", "sfd_lightning.cli", "fit", "--config", TINY,
-            "--trainer.default_root_dir", str(root), "--run_name", "killed", "--trainer.max_steps", "400",
-            "--trainer.val_check_interval", "400"]
+            "--trainer.default_root_dir", str(root), "--run_name", "killed", "--trainer.max_steps", "150",
+            "--trainer.val_check_interval", "150"]
     proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt_dir = root / "killed" / "checkpoints"
     deadline = time.time() + 240
-    while time.time() < deadline and not list(ckpt_dir.glob("*step=100*.ckpt")):
+    while time.time() < deadline and not (list(ckpt_dir.glob("*step=50.ckpt")) and (ckpt_dir / "last.ckpt").exists()):
         time.sleep(0.2)
+    time.sleep(0.3)  # let last.ckpt finish writing
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (ckpt_dir / "last.ckpt").exists(), "no checkpoint before the kill"
     import torch
 
     step_before = torch.load(ckpt_dir / "last.ckpt", weights_only=True)["global_step"]
-    assert 0 < step_before < 400
-    resumed = _sfd("fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "400",
-                   "--trainer.val_check_interval", "400", "--ckpt_path", str(ckpt_dir / "last.ckpt"))
+    assert 0 < step_before < 150
+    resumed = _sfd("fit", "--config", TINY, "--trainer.default_root_dir", str(root), "--trainer.max_steps", "150",
+                   "--trainer.val_check_interval", "150", "--ckpt_path", str(ckpt_dir / "last.ckpt"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
-    assert final["global_step"] == 400
+    assert final["global_step"] == 150
     assert (root / "killed" / "config.yaml").exists()
 
 

@@ -38,6 +38,10 @@ class BaseReconSystem(pl.LightningModule):
         root = trainer.default_root_dir if trainer is not None else "runs"
         return Path(root)
 
+    #: Gradient-norm bound assumed by coarse-to-fine extraction (1 for true SDFs); systems whose
+    #: fields are not eikonal-regularised raise it so no thin part is skipped.
+    extraction_lipschitz: float = 1.0
+
     def extract(self, item: Any = None, resolution: int = 256, level: float = 0.0,
                 mode: str = "coarse_to_fine") -> Mesh:
         """Mesh of ``item`` in the data's original frame."""
@@ -46,7 +50,8 @@ class BaseReconSystem(pl.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            return extract_surface(self.surface(item), resolution=resolution, level=level, mode=mode)
+            return extract_surface(self.surface(item), resolution=resolution, level=level, mode=mode,
+                                   lipschitz=self.extraction_lipschitz)
         finally:
             self.train(was_training)
 

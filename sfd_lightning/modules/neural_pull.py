@@ -69,6 +69,8 @@ class NeuralPull(BaseReconSystem):
         val_samples: points per surface for the cheaper validation metrics.
         test_samples: override of the protocol's sample count in test (None = protocol's).
         log_mesh: log the validation mesh to W&B as a 3D object.
+        extraction_lipschitz: gradient bound for coarse-to-fine extraction (Neural-Pull has no
+            eikonal term, so |∇f| may exceed 1; 1.5 keeps the mesh identical to dense — tested).
     """
 
     def __init__(self, width: int = 256, depth: int = 8, skip_layers: Sequence[int] = (4,),
@@ -77,9 +79,10 @@ class NeuralPull(BaseReconSystem):
                  loss: str = "l2", val_resolution: int = 64, test_resolution: int = 128,
                  mc_level: float = 0.0, extraction_mode: str = "coarse_to_fine",
                  protocol: str = "neuralpull", val_samples: int = 20_000, test_samples: int | None = None,
-                 bbox_padding: float = 0.05, log_mesh: bool = True) -> None:
+                 bbox_padding: float = 0.05, log_mesh: bool = True, extraction_lipschitz: float = 1.5) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.extraction_lipschitz = extraction_lipschitz
         self.network = SDFMLP(width=width, depth=depth, skip_layers=skip_layers, weight_norm=weight_norm,
                               activation=activation, init_radius=init_radius, num_frequencies=num_frequencies)
         self.register_buffer("data_center", torch.zeros(3))
