@@ -74,10 +74,12 @@ def _restore_classes_from_checkpoint(argv: list[str]) -> list[str]:
         hparams = dict(stored.get(key) or {})
         class_path = hparams.pop("_class_path", None)
         hparams.pop("_instantiator", None)
-        given = any(a == f"--{key}" or a.startswith(f"--{key}=") or a.startswith(f"--{key}.") for a in argv)
+        given = any(a == f"--{key}" or a.startswith(f"--{key}=") or a.startswith(f"--{key}.class_path")
+                    for a in argv)
         if class_path and not given and not _configs_define(argv, key):
             extra += [f"--{key}", json.dumps({"class_path": class_path, "init_args": hparams}, default=str)]
-    return argv + extra
+    # right after the subcommand, so later --model.init_args.* overrides still apply
+    return argv[:1] + extra + argv[1:]
 
 
 def _default_run_name(model_class: str) -> str:
