@@ -9,7 +9,6 @@ Floors: trained < 0.045 and < 0.25 × init.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -79,7 +78,9 @@ def test_demo_config_reaches_its_floor():
     assert cd < 0.1 * initial, (cd, initial)
 
 
-DEMO_FLOOR = float(os.environ.get("SFD_DEMO_FLOOR", "0.02"))
+# Measured: `sfd demo` (seed 0) -> CD-L1 0.00496 at 128³, 100k samples (sampling floor 0.00418);
+# untrained sphere ~0.25. Floor = 1.5 × the measured value.
+DEMO_FLOOR = 0.0075
 
 
 def test_horse_short_run_against_ground_truth(shared_data):
