@@ -232,6 +232,26 @@ def scene_tensors(scene: PileScene, linear_rgb: bool = True) -> dict[str, torch.
     return out
 
 
+def perturb_poses(root: Path, degrees: float, seed: int = 0) -> None:
+    """Rotate every pose of ``object_pred_pose.json`` but the first by ``degrees`` about a random
+    axis through the instance centre (the centre of ``object_scale_matrix.json``), in place."""
+    import json
+
+    from scipy.spatial.transform import Rotation
+
+    path = Path(root) / files.POSES
+    poses = files.read_json(path)
+    centre = files.read_scale_matrix(Path(root) / files.SCALE)[:3, 3]
+    rng = np.random.default_rng([seed, 7])
+    for key in sorted(poses)[1:]:
+        axis = rng.normal(size=3)
+        rot = Rotation.from_rotvec(np.radians(degrees) * axis / np.linalg.norm(axis)).as_matrix()
+        about = np.eye(4)
+        about[:3, :3], about[:3, 3] = rot, centre - rot @ centre
+        poses[key] = (np.asarray(poses[key]) @ about).tolist()
+    path.write_text(json.dumps(poses, indent=4))
+
+
 class PileRayDataset(IterableDataset):
     """Infinite random ray batches (``rays_per_batch`` pixels drawn uniformly with replacement).
 
@@ -280,12 +300,19 @@ class PileDataModule(BaseReconDataModule):
         pixel_center: "half_pixel" (default) or "legacy_integer" (see module docstring).
         scene_bounds: "auto" (SfM points when present, else poses), "sfm_points" or "poses".
         linear_rgb: batch colours as linear ``x^2.2`` (the original's loss space) instead of sRGB.
+        relight_envmap: equirectangular environment map (.npy HDR or PNG) that ``sfd predict``
+            relights the pile under (SfD material stage); a predict-time input, so it is a data
+            argument (``--data.init_args.relight_envmap PATH``).
+        synthetic_pose_noise_deg: rotate every synthetic instance but the first by this many
+            degrees (random axis, about its centre) in ``object_pred_pose.json`` — SfM-like pose
+            error for measuring pose refinement; ``gt/`` keeps the exact poses.
     """
 
     def __init__(self, root: str | None = None, rays_per_batch: int = 1024, pixel_center: PixelCenter = "half_pixel",
                  scene_bounds: SceneBoundsMode = "auto", linear_rgb: bool = True, num_workers: int = 0,
                  seed: int = 0, synthetic_instances: int = 4, synthetic_image_size: int = 160,
-                 synthetic_object: str = "airplane") -> None:
+                 synthetic_object: str = "airplane", relight_envmap: str | None = None,
+                 synthetic_pose_noise_deg: float = 0.0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.root = root
@@ -294,8 +321,11 @@ class PileDataModule(BaseReconDataModule):
 
     def synthetic_params(self) -> dict[str, Any]:
         hp = self.hparams
-        return {"instances": hp.synthetic_instances, "image_size": hp.synthetic_image_size,
-                "object": hp.synthetic_object, "seed": hp.seed}
+        params = {"instances": hp.synthetic_instances, "image_size": hp.synthetic_image_size,
+                  "object": hp.synthetic_object, "seed": hp.seed}
+        if hp.synthetic_pose_noise_deg:
+            params["pose_noise_deg"] = float(hp.synthetic_pose_noise_deg)
+        return params
 
     def resolve_root(self) -> Path:
         """The pile folder: ``root``, or the cached synthetic pile (generated on first use)."""
@@ -308,6 +338,8 @@ class PileDataModule(BaseReconDataModule):
 
             write_pile(folder / "pile", params["instances"], params["image_size"], params["seed"],
                        object_name=params["object"])
+            if params.get("pose_noise_deg"):
+                perturb_poses(folder / "pile", params["pose_noise_deg"], params["seed"])
 
         return ensure_synthetic("pile", params, generate) / "pile"
 
@@ -328,6 +360,14 @@ class PileDataModule(BaseReconDataModule):
     def val_dataloader(self) -> DataLoader:
         self.setup()
         return DataLoader(_FullImage(self._tensors), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        """The full image (one batch), as in validation."""
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        """The full image (one batch): ``sfd predict`` re-renders it."""
+        return self.val_dataloader()
 
     def describe(self) -> dict[str, Any]:
         self.setup()
