@@ -1,0 +1,1 @@
+"""COLMAP database of the virtual instance views (keypoints, matches, verified geometries)."""
