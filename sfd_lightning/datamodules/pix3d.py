@@ -73,7 +73,8 @@ class Pix3DSamples(Dataset):
     ``(N, 3)`` / ``values`` float32 ``(N,)`` σ-level queries (as ShapeNet LIST, frame [−0.5, 0.5]³);
     ``coarse_points`` float32 ``(P, 3)``: ``grid_points`` drawn with replacement (LIST's coarse GT);
     ``K``, ``K_crop`` float32 ``(3, 3)``, ``R`` ``(3, 3)``, ``t`` ``(3,)`` OpenCV model->camera;
-    ``bbox`` float32 ``(4,)``; ``index`` int64 (row of ``pix3d.json``); ``category``, ``model`` str.
+    ``bbox`` float32 ``(4,)``; ``index`` int64 (row of ``pix3d.json``); ``category``, ``model`` str; ``mesh_path`` str (GT
+    ``isosurf_scaled.obj``, for evaluation).
     """
 
     def __init__(self, root: str | Path, entries: list[dict], indices: Sequence[int], image_size: int = 224,
@@ -115,7 +116,8 @@ class Pix3DSamples(Dataset):
                "K_crop": torch.from_numpy(crop_intrinsics(cam.K, bbox, size).astype(np.float32)),
                "R": torch.from_numpy(cam.R.astype(np.float32)), "t": torch.from_numpy(cam.t.astype(np.float32)),
                "bbox": torch.from_numpy(bbox.astype(np.float32)), "index": torch.tensor(index, dtype=torch.int64),
-               "category": entry["category"], "model": entry["model"]}
+               "category": entry["category"], "model": entry["model"],
+               "mesh_path": str(self.layout.isosurface(entry))}
         if self.load_queries:
             grid, pools = self._samples(entry)
             out["points"], out["values"] = draw_queries(pools, query_counts(self.fractions, self.density))

@@ -153,15 +153,29 @@ class ShapeNetImageDataModule(_ShapeNetTree):
         super().__init__(root, categories, batch_size, eval_batch_size, num_workers, synthetic)
         self.save_hyperparameters()
 
+    def _present_synsets(self, layout: ShapeNetLayout) -> list[str]:
+        """``synsets``; on the synthetic default tree (``root=None``) the categories it does not
+        hold are skipped with a warning, so full presets (13 classes) run out of the box."""
+        if self.root_arg is not None:
+            return self.synsets
+        present = [s for s in self.synsets if layout.lst(s, "train").is_file()]
+        if len(present) < len(self.synsets):
+            import warnings
+
+            warnings.warn(f"synthetic default data holds {present} of the categories {self.synsets}; "
+                          "the others are skipped (real data: set data.root)", stacklevel=2)
+        return present
+
     def _items(self, kind: str) -> list[tuple[str, str, int | None]]:
         layout = ShapeNetLayout(self.root)
+        synsets = self._present_synsets(layout)
         if kind == "train":
-            return [(s, i, self.hparams.view) for s in self.synsets
+            return [(s, i, self.hparams.view) for s in synsets
                     for i in read_lst(layout.lst(s, "train"))[:self.hparams.max_per_class]]
         if layout.testlist_all.is_file():
-            wanted = set(self.synsets)
+            wanted = set(synsets)
             return [t for t in read_testlist(layout.testlist_all) if t[0] in wanted]
-        return [(s, i, self.hparams.eval_view) for s in self.synsets for i in read_lst(layout.lst(s, "test"))]
+        return [(s, i, self.hparams.eval_view) for s in synsets for i in read_lst(layout.lst(s, "test"))]
 
     def _dataset(self, items: list) -> ListSamples:
         hp = self.hparams

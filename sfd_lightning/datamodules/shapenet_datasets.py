@@ -142,7 +142,8 @@ class ListSamples(Dataset):
     does, or composited per ``alpha``); ``points`` float32 ``(N, 3)`` and ``values`` float32 ``(N,)``
     (unscaled SDF, negative inside) with ``n_i = rint(frac_i · sample_point_density)`` rows drawn
     with replacement from the pool of the i-th smallest σ; ``fps_points`` float32 ``(k, 3)``;
-    ``index`` int64, ``synset``, ``instance`` str, ``view`` int64. Frame: [−0.5, 0.5]³.
+    ``index`` int64, ``synset``, ``instance`` str, ``view`` int64, ``mesh_path`` str (GT
+    ``isosurf_scaled.obj``, for evaluation). Frame: [−0.5, 0.5]³.
     """
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, str, int | None]],
@@ -176,7 +177,8 @@ class ListSamples(Dataset):
         image = read_image(folder / f"{view:02d}.png", self.image_size, alpha=self.alpha)
         pools, fps = self._samples(synset, instance)
         item = {"image": torch.from_numpy(image), "fps_points": fps, "index": torch.tensor(index, dtype=torch.int64),
-                "synset": synset, "instance": instance, "view": torch.tensor(view, dtype=torch.int64)}
+                "synset": synset, "instance": instance, "view": torch.tensor(view, dtype=torch.int64),
+                "mesh_path": str(self.layout.isosurface(synset, instance))}
         if self.load_queries:
             points, values = draw_queries(pools, self.query_counts())
             item.update(points=points, values=values)
