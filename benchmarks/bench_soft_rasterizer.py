@@ -25,6 +25,9 @@ minutes blocked); the lean path is reported alone, with the unchunked dense esti
 * ``soft_raster_dense_unchunked_mb_est_S``: estimated unchunked dense peak (bytes per pair from the
   peaks of unchunked dense runs at 16² and 24²), no baseline.
 
+Dense baseline sizes: up to ``SFD_BENCH_DENSE_MAX`` (default 64, so the default run stays short;
+128 adds the pixel-blocked dense 128² case).
+
 Threads: ``SFD_BENCH_THREADS`` (default: torch's default; with other processes busy on a 2-core
 machine use 1: two intra-op threads then wait ~8 ms per parallel op). Run:
 ``.venv/bin/python benchmarks/bench_soft_rasterizer.py`` (JSON lines; several minutes, mostly dense 128²).
@@ -105,8 +108,10 @@ def _measure(mode: str, size: int, repeats: int, pixel_chunk: int | None = None)
     return {**timed, "peak_mb": _subprocess(mode, size, 0, pixel_chunk, memory=True)["peak_mb"]}
 
 
-def run(sizes: tuple[int, ...] = (64, 128, 256), dense_max: int = 128, repeats: int = 3) -> list[dict]:
+def run(sizes: tuple[int, ...] = (64, 128, 256), dense_max: int | None = None, repeats: int = 3) -> list[dict]:
     """Lean vs dense forward+backward time and peak memory; see the module docstring."""
+    if dense_max is None:  # the dense 128² baseline alone takes ~1 min idle: opt in with SFD_BENCH_DENSE_MAX=128
+        dense_max = int(os.environ.get("SFD_BENCH_DENSE_MAX", "64"))
     faces = 20 * 4**LEVEL
     small, large = (_subprocess("dense", n, 0, memory=True) for n in (16, 24))  # unchunked dense
     per_pair = (large["peak_mb"] - small["peak_mb"]) * 2**20 / (large["pairs"] - small["pairs"])

@@ -32,6 +32,7 @@ class RunConfigSaver(SaveConfigCallback):
         if self.already_saved:
             return
         if trainer.is_global_zero:
+            stage = getattr(stage, "value", stage)  # TrainerFn enum in predict/test -> "predict"/"test"
             name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
             path = Path(trainer.default_root_dir) / name
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,36 @@ class CUBDataset(Dataset):
         return item
 
 
+class PhotoFolder(Dataset):
+    """Bird photos of a folder (sorted): longer side scaled to ``size``, centred on a white ``size²`` square."""
+
+    SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+    def __init__(self, folder: str | Path, size: int) -> None:
+        self.folder = Path(folder).expanduser()
+        if not self.folder.is_dir():
+            raise InputError(self.folder, "photo folder not found", "pass --data.init_args.predict_images <folder>")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in self.SUFFIXES)
+        if not self.files:
+            raise InputError(self.folder, "no photos (.jpg/.png/...) in the folder", "put bird photos in it")
+        self.size = int(size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = read_rgb(self.files[index])
+        h, w = image.shape[:2]
+        scale = self.size / max(h, w)
+        nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+        resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        canvas = np.ones((self.size, self.size, 3), dtype=np.float32)
+        y0, x0 = (self.size - nh) // 2, (self.size - nw) // 2
+        canvas[y0:y0 + nh, x0:x0 + nw] = np.clip(resized, 0.0, 1.0)
+        return {"img": torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1))),
+                "name": self.files[index].stem, "index": torch.tensor(index, dtype=torch.int64)}
+
+
 class CUBDataModule(BaseReconDataModule):
     """CUB-200-2011 (raw files or CMR cache) with CMR crops; synthetic birds when ``root`` is None.
 
@@ -156,14 +186,19 @@ class CUBDataModule(BaseReconDataModule):
         cmr_cache: folder with ``data/{train,val,test}_cub_cleaned.mat``; masks and splits from it.
         drop_last: drop the last incomplete train batch (the original also dropped at test; we don't).
         synthetic: overrides of :data:`DEFAULT_SYNTHETIC` for ``root=None``.
+        predict_images: a folder of bird photos for ``sfd predict`` (each: longer side scaled to
+            ``image_size``, centred on a white square; items ``img``, ``name``, ``index``); ``None``:
+            predict runs over the test split.
     """
 
     def __init__(self, root: str | None = None, image_size: int = 256, batch_size: int = 8,
                  eval_batch_size: int | None = None, num_workers: int = 0, part_maps: str | None = None,
                  flip: bool = True, jitter: float = JITTER, padding: float = PAD, split_seed: int = 100,
                  cmr_cache: str | None = None, drop_last: bool = True,
-                 synthetic: dict[str, Any] | None = None) -> None:
+                 synthetic: dict[str, Any] | None = None, predict_images: str | None = None) -> None:
         super().__init__()
+        self.save_hyperparameters()
+        self.predict_images = predict_images
         self.root_arg, self.synthetic = root, synthetic
         self.image_size, self.batch_size = int(image_size), int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
@@ -239,6 +274,9 @@ class CUBDataModule(BaseReconDataModule):
         return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
+        if self.predict_images is not None:
+            return DataLoader(PhotoFolder(self.predict_images, self.image_size), batch_size=self.eval_batch_size,
+                              shuffle=False, num_workers=self.num_workers)
         return self._loader("test")
 
     def describe(self) -> dict[str, Any]:

@@ -1,0 +1,40 @@
+"""UMR quality floor (slow): a short stage-1 run on synthetic birds beats the trivial baseline.
+
+Setting: the default synthetic birds (24 train / 13 held-out test images), 32 px crops, level-2
+mesh, small heads, 60 Adam steps (lr 1e-3, batch 8, no GAN, no template update). Scored by the
+module's deterministic ``test`` (μ, argmax camera, no flip/jitter) on the held-out test split.
+Baseline: the category template (the unit sphere here) under the mean predicted camera.
+
+Measured (2-core CPU, shared; soft IoU vs baseline): seed 0 0.364 vs 0.236 (+0.127), seed 1
+0.393 vs 0.344 (+0.049), seed 2 0.381 vs 0.387 (-0.007). The learned IoU is stable (0.36-0.39) but
+the mean-camera baseline varies with the predicted cameras, so 60 steps do NOT beat it on every
+seed: the test fixes seed 0 and asserts IoU > 0.33 (min over 3 seeds 0.364) and IoU > baseline. Keypoint transfer after 60 steps is NOT above its baselines (seed 0: PCK@0.1
+flow 0.078 vs identity 0.355; cam 0.151 vs mean camera 0.274; seed 1: 0.010 / 0.355, 0.158 / 0.207; seed 2: 0.039 / 0.355, 0.167 / 0.175), so only the mask floor is asserted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+
+from sfd_lightning.datamodules.cub import CUBDataModule
+from sfd_lightning.modules.umr.stage1 import UMRStage1
+
+
+@pytest.mark.slow
+def test_stage1_mask_iou_beats_template_baseline(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    model = UMRStage1(img_size=32, mesh_level=2, z_dim=32, feat_dim=64, flow_fc_widths=[64, 256], flow_c0=8,
+                      shape_hidden=[64, 128], lr=1e-3, w_gan=0.0, template_update_every=0, deform_start_epoch=1000,
+                      pck_pairs=2000)
+    dm = CUBDataModule(image_size=32, batch_size=8, part_maps=None)
+    trainer = pl.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                         default_root_dir=str(tmp_path))
+    trainer.fit(model, dm)
+    trainer.test(model, dm, verbose=False)
+    m = trainer.callback_metrics
+    iou, base = float(m["test/mask_iou_soft"]), float(m["test/baseline_template_mean_camera_iou_soft"])
+    assert iou > 0.33 and iou > base, (iou, base)
