@@ -106,7 +106,7 @@ def resolve_run_dir(root: str, run_name: Optional[str], model_class: str, subcom
     return run_dir
 
 
-def _build_cli(args: list[str]):
+def _build_cli(args: list[str], model_from_checkpoint: bool = False):
     from lightning.pytorch.cli import LightningCLI
 
     from sfd_lightning.datamodules.base import BaseReconDataModule
@@ -127,6 +127,14 @@ def _build_cli(args: list[str]):
             parser.add_argument("--run_name", type=Optional[str], default=None,
                                 help="name of the run folder under trainer.default_root_dir")
             parser.set_defaults({"trainer.inference_mode": False, "trainer.default_root_dir": "runs"})
+
+        def _parse_ckpt_path(self) -> None:
+            # Lightning re-applies the checkpoint's hyperparameters over the parsed config, which
+            # silently drops command-line overrides (`sfd test --ckpt_path K --model.init_args.x v`).
+            # When the model came from the checkpoint (_restore_classes_from_checkpoint), its
+            # hyperparameters already sit in front of the user's arguments, so skip the re-application.
+            if not model_from_checkpoint:
+                super()._parse_ckpt_path()
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand]
@@ -189,7 +197,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return int(module.main(argv[1:]) or 0)
         previous_run = os.environ.get(RUN_DIR_ENV)
         try:
-            _build_cli(_restore_classes_from_checkpoint(argv))
+            restored = _restore_classes_from_checkpoint(argv)
+            _build_cli(restored, model_from_checkpoint=len(restored) > len(argv) and restored[1] == "--model")
         except InputError:
             _remove_unfinished_run(previous_run)
             raise

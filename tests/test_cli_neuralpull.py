@@ -41,8 +41,12 @@ def test_fit_test_export_evaluate_in_a_subprocess(tmp_path):
     assert list((run / "images").glob("val_sdf_slice_*.png"))
     ckpt = str(run / "checkpoints" / "last.ckpt")
     # test: model + data classes come back from the checkpoint (no --config, no --model)
-    test = _sfd("test", "--ckpt_path", ckpt, "--trainer.default_root_dir", str(root), "--run_name", "np-test")
+    test = _sfd("test", "--ckpt_path", ckpt, "--trainer.default_root_dir", str(root), "--run_name", "np-test",
+                "--model.init_args.test_resolution", "40")
     assert test.returncode == 0, test.stderr[-3000:]
+    # a command-line override beats the checkpoint's stored hyperparameters
+    saved = yaml.safe_load((root / "np-test" / "config_test.yaml").read_text())
+    assert saved["model"]["init_args"]["test_resolution"] == 40
     record = json.loads((root / "np-test" / "metrics.json").read_text())
     assert record["evaluation"]["protocol"] == "neuralpull"
     assert record["evaluation"]["metrics"]["cd_l1"] < 0.1
