@@ -207,6 +207,59 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, case):
     assert expected in err[0]
 
 
+def test_inferred_count_with_off_rule_labels_warns(tmp_path, capsys):
+    """No --instances and labels round(k·255/N) (64, 128 instead of 63, 127): the count is inferred with
+    a warning and the labels decode exactly; labels that do not decode are still a one-line error."""
+    import cv2
+
+    from sfd_lightning.preprocess.views import load_views
+
+    raw = _raw_pile(tmp_path / "pile", size=(160, 160), instances=4)
+    floor = cv2.imread(str(raw / "000_instance_seg.png"), cv2.IMREAD_UNCHANGED)
+    expected = decode_instance_labels(floor, 4)
+    off_rule = floor.copy()
+    off_rule[floor == 63], off_rule[floor == 127] = 64, 128
+    cv2.imwrite(str(raw / "000_instance_seg.png"), off_rule)
+    views = load_views(tmp_path / "pile")
+    assert views.num_instances == 4 and np.array_equal(views.instance, expected)
+    assert np.array_equal(views.labels, floor)  # re-encoded canonically
+    assert any("do not follow" in w and "inferred 4 instances" in w for w in views.warnings), views.warnings
+    with pytest.raises(Exception, match="do not match 4 instances"):  # an explicit count stays strict
+        load_views(tmp_path / "pile", instances=4)
+
+    ids = off_rule.copy()
+    for k, v in enumerate((64, 128, 191, 255), 1):
+        ids[off_rule == v] = k  # labels 1..4: round(v·4/255) = 0, no consistent decoding
+    cv2.imwrite(str(raw / "000_instance_seg.png"), ids)
+    assert main(["preprocess", "pile", "--input", str(tmp_path / "pile"), "--matcher", "sift", "--quiet", "true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "000_instance_seg.png" in err[0] and "cannot be decoded as 4 instances" in err[0], err
+
+
+def test_visibility_separates_depth_reversed_twin():
+    """Observed points in front -> negative scores; the depth-reversed twin (same orthographic images)
+    -> positive scores, i.e. implausible."""
+    rng = np.random.default_rng(4)
+    points = rng.normal(size=(400, 3))
+    poses = {i: _pose(rng.normal(size=3) * 0.6, [0.0, 0.0, 20.0]) for i in range(4)}
+    observers = {}
+    for i, pose in poses.items():
+        depth = points @ pose[2, :3] + pose[2, 3]
+        observers[i] = np.nonzero(depth < np.median(depth))[0]
+    scores = consistency.visibility_scores(poses, points, observers)
+    assert len(scores) == 4 and max(scores.values()) < -0.5 and consistency.plausible_visibility(scores)
+    flip = np.diag([1.0, 1.0, -1.0])
+    twin = {}
+    for i, pose in poses.items():
+        twin[i] = pose.copy()
+        twin[i][:3, :3] = flip @ pose[:3, :3] @ flip
+    twin_points = points @ flip
+    for i in poses:  # same image coordinates up to the (small) perspective change
+        assert np.allclose((twin_points @ twin[i][:3, :3].T)[:, :2], (points @ poses[i][:3, :3].T)[:, :2])
+    twin_scores = consistency.visibility_scores(twin, twin_points, observers)
+    assert min(twin_scores.values()) > 0.5 and not consistency.plausible_visibility(twin_scores)
+
+
 # --------------------------------------------------------------------------- end to end (3 instances)
 @pytest.fixture(scope="module")
 def synthetic_pile(tmp_path_factory):

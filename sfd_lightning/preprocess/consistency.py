@@ -9,7 +9,12 @@ the same 0.65 px). These checks can:
   inside that instance's own mask;
 - :func:`loop_inconsistent_instances`: the solution's relative rotations must agree with the
   independent two-view estimates of the verified pairs; :func:`rotation_loop_errors` closes loops
-  ``R_ij R_jk R_ki ≈ I`` of pairwise estimates.
+  ``R_ij R_jk R_ki ≈ I`` of pairwise estimates;
+- :func:`visibility_scores`: an opaque object is seen from the front: the points an instance
+  observes must lie nearer its camera than the points it does not observe. The depth-reversed
+  ("Necker") twin of a narrow-view solution explains the same matches (measured on the real
+  airplane pile: 1145 vs 1167 epipolar inliers, 1.17 vs 1.13 px) but puts every instance's
+  observed points behind the others; this check tells them apart.
 """
 
 from __future__ import annotations
@@ -130,3 +135,34 @@ def robust_center(points: np.ndarray, keep: float = 0.9) -> np.ndarray:
     med = np.median(points, axis=0)
     order = np.argsort(np.linalg.norm(points - med, axis=1), kind="stable")
     return points[order[: max(1, int(len(points) * keep))]].mean(0)
+
+
+def visibility_scores(object_to_camera: Mapping[int, np.ndarray], points: np.ndarray,
+                      observers: Mapping[int, np.ndarray], min_points: int = 3) -> dict[int, float]:
+    """Per instance: (mean camera depth of its observed points − mean depth of the points it does
+    not observe) / depth spread of all points. Negative = observed points in front (plausible);
+    a depth-reversed solution makes every score positive.
+
+    Args:
+        object_to_camera: ``{id: (4, 4)}``. points: ``(M, 3)`` object-frame points.
+        observers: ``{id: (M_i,) indices into points}``.
+        min_points: instances with fewer observed or unobserved points get no score.
+    """
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    out: dict[int, float] = {}
+    for i, pose in sorted(object_to_camera.items()):
+        seen = np.zeros(len(points), dtype=bool)
+        seen[np.asarray(observers.get(i, []), dtype=np.int64)] = True
+        if seen.sum() < min_points or (~seen).sum() < min_points:
+            continue
+        depth = points @ np.asarray(pose)[2, :3] + pose[2, 3]
+        spread = float(depth.std())
+        if spread <= 0:
+            continue
+        out[i] = float((depth[seen].mean() - depth[~seen].mean()) / spread)
+    return out
+
+
+def plausible_visibility(scores: Mapping[int, float]) -> bool:
+    """A solution is plausible when the mean of :func:`visibility_scores` is negative (or unknown)."""
+    return not scores or float(np.mean(list(scores.values()))) < 0.0

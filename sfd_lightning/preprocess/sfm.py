@@ -34,6 +34,7 @@ class SfmSolution:
     observers: dict[int, np.ndarray]
     reprojection_error: float
     notes: list[str] = field(default_factory=list)
+    init_pair: tuple[int, int] | None = None
 
     @property
     def registered(self) -> list[int]:
@@ -43,7 +44,8 @@ class SfmSolution:
         ids = self.registered
         out = {"seed": np.array(self.seed), "ids": np.array(ids, dtype=np.int64),
                "poses": np.stack([self.object_to_camera[i] for i in ids]) if ids else np.zeros((0, 4, 4)),
-               "points": self.points, "reprojection_error": np.array(self.reprojection_error)}
+               "points": self.points, "reprojection_error": np.array(self.reprojection_error),
+               "init_pair": np.array(self.init_pair if self.init_pair else (-1, -1), dtype=np.int64)}
         for i in ids:
             out[f"observers_{i}"] = self.observers.get(i, np.zeros(0, dtype=np.int64))
         return out
@@ -51,9 +53,10 @@ class SfmSolution:
     @classmethod
     def from_npz(cls, data) -> "SfmSolution":
         ids = [int(i) for i in data["ids"]]
+        pair = tuple(int(v) for v in data["init_pair"]) if "init_pair" in data else (-1, -1)
         return cls(int(data["seed"]), {i: np.asarray(p) for i, p in zip(ids, data["poses"])},
                    np.asarray(data["points"]), {i: np.asarray(data[f"observers_{i}"]) for i in ids},
-                   float(data["reprojection_error"]))
+                   float(data["reprojection_error"]), init_pair=None if pair[0] < 0 else pair)
 
 
 def mapper_options(seed: int, min_inliers: int = 15, min_tri_angle: float = 12.0):
@@ -82,19 +85,41 @@ def mapper_options(seed: int, min_inliers: int = 15, min_tri_angle: float = 12.0
     return options
 
 
+def image_ids(db_path: Path) -> dict[int, int]:
+    """``{0-based instance id: COLMAP image id}`` read from the database."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(db_path))
+    try:
+        return {instance_of(image.name): int(image.image_id) for image in db.read_all_images()}
+    finally:
+        db.close()
+
+
 def run_mapping(db_path: Path, image_dir: Path, out_dir: Path, seed: int, min_inliers: int = 15,
-                min_tri_angle: float = 12.0) -> SfmSolution | None:
-    """One incremental mapping run; the largest model as an :class:`SfmSolution` (None: no model)."""
+                min_tri_angle: float = 12.0, init_pair: tuple[int, int] | None = None) -> SfmSolution | None:
+    """One incremental mapping run; the largest model as an :class:`SfmSolution` (None: no model).
+
+    ``init_pair`` (0-based instance ids) forces the mapper's initial pair (one model only); the
+    mapper's own choice of initial pair often lands on the depth-reversed ("Necker") solution of
+    narrow instance views, so the pipeline also starts from several well-matched pairs.
+    """
     import pycolmap
 
     pycolmap.set_random_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(out_dir),
-                                          options=mapper_options(seed, min_inliers, min_tri_angle))
+    options = mapper_options(seed, min_inliers, min_tri_angle)
+    if init_pair is not None:
+        ids = image_ids(db_path)
+        options.multiple_models = False
+        options.init_image_id1, options.init_image_id2 = ids[init_pair[0]], ids[init_pair[1]]
+    models = pycolmap.incremental_mapping(str(db_path), str(image_dir), str(out_dir), options=options)
     if not models:
         return None
     recon = max(models.values(), key=lambda r: (r.num_reg_images(), r.num_points3D()))
-    return solution_from_reconstruction(recon, seed)
+    solution = solution_from_reconstruction(recon, seed)
+    solution.init_pair = None if init_pair is None else (int(init_pair[0]), int(init_pair[1]))
+    return solution
 
 
 def solution_from_reconstruction(recon, seed: int) -> SfmSolution:

@@ -115,7 +115,7 @@ def load_views(root: str | Path, instances: int | None = None, resolution: int =
     """
     import cv2
 
-    raw = RawPile.load(root, instances)
+    raw = load_raw(root, instances)
     image, labels = raw.image, raw.labels
     height, width = labels.shape
     scale = min(1.0, resolution / max(height, width))
@@ -140,6 +140,65 @@ def load_views(root: str | Path, instances: int | None = None, resolution: int =
                          f"pixels at {views.width}x{views.height} (need >= {min_pixels} to match features)",
                          "use a higher-resolution photo (--resolution), or remove those instances from the mask")
     return views
+
+
+def decode_inferred_labels(labels: np.ndarray, path: str | Path | None) -> tuple[np.ndarray, int, str]:
+    """Decode a mask whose labels do not follow ``k·255//N``: N = the number of distinct non-zero
+    values, each decoded by ``round(v·N/255)`` (e.g. a ``round(k·255/N)`` encoding: 128 for k = 3 of 6).
+
+    Returns:
+        ``(instance (H, W) int64, N, warning)``.
+
+    Raises:
+        InputError: the N values do not decode to N distinct instances ``1..N``.
+    """
+    from sfd_lightning.synthetic.instance_labels import decode_instance_labels, label_values
+
+    present = np.unique(np.asarray(labels))
+    present = present[present != 0].astype(np.int64)
+    n = int(len(present))
+    if n == 0:
+        raise InputError(path, "instance mask has no foreground (all pixels are 0)",
+                         "label each instance k as grey k·255//N on a black background")
+    ids = decode_instance_labels(present, n) if n <= 255 else np.zeros(0, np.int64)
+    if n > 255 or sorted(ids.tolist()) != list(range(1, n + 1)):
+        expected = _short(label_values(min(n, 255)))
+        raise InputError(path, f"{n} distinct labels {_short(present)} cannot be decoded as {n} instances "
+                         f"(round(v·{n}/255) gives ids {_short(ids)}; expected grey {expected})",
+                         "re-encode the mask as grey k·255//N (`sfd data import-masks`), or pass --instances N")
+    warning = (f"{path}: labels {_short(present)} do not follow k·255//N; inferred {n} instances "
+               f"(decoded by round(v·{n}/255)); pass --instances {n} to silence this")
+    return decode_instance_labels(labels, n), n, warning
+
+
+def _short(values: np.ndarray, limit: int = 8) -> str:
+    items = [int(v) for v in np.asarray(values).ravel()]
+    return "[" + ", ".join(str(v) for v in items[:limit]) + (", ..." if len(items) > limit else "") + "]"
+
+
+def load_raw(root: str | Path, instances: int | None = None) -> RawPile:
+    """:meth:`RawPile.load`, except that without ``instances`` a mask whose labels do not follow
+    ``k·255//N`` is decoded with the inferred count (:func:`decode_inferred_labels`) and a warning
+    instead of an error (the labels are re-encoded canonically)."""
+    from sfd_lightning.datamodules import pile_files as files
+    from sfd_lightning.datamodules.pile import _check_same_size
+    from sfd_lightning.synthetic.instance_labels import (encode_instance_labels, infer_instance_count,
+                                                         read_instance_labels)
+
+    if instances is not None:
+        return RawPile.load(root, instances)
+    photo_path, seg_path = files.raw_paths(Path(root))
+    if photo_path is None or not seg_path.is_file():
+        return RawPile.load(root, instances)  # its one-line error names the missing file
+    labels = read_instance_labels(seg_path)
+    n, follows = infer_instance_count(labels)
+    if follows or n == 0:
+        return RawPile.load(root, instances)
+    image = files.read_rgb(photo_path)
+    _check_same_size(image, labels, photo_path, seg_path)
+    instance, n, warning = decode_inferred_labels(labels, seg_path)
+    return RawPile(Path(root), photo_path, seg_path, image, encode_instance_labels(instance, n, zero_based=False),
+                   instance, n, [warning])
 
 
 def instance_crop(views: PileViews, i: int, upsample: float = 2.0, angle_deg: float = 0.0,

