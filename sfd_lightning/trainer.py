@@ -36,7 +36,8 @@ class ReconTrainer(pl.Trainer):
 
         Args:
             model: the system (class and hyper-parameters restored from the checkpoint).
-            datamodule: unused; present so configs with a ``data`` section work.
+            datamodule: attached to the trainer (``trainer.datamodule``) for systems whose export
+                items come from data (LIST: one mesh per test image); others ignore it.
             ckpt_path: checkpoint to load weights from (required).
             resolution: marching-cubes grid resolution per axis.
             output: a mesh file (one shape) or a folder (several); default ``<run>/meshes/``.
@@ -49,6 +50,8 @@ class ReconTrainer(pl.Trainer):
         model.eval()
         model.to(self.strategy.root_device)
         model.trainer = self  # gives the model its run folder
+        if datamodule is not None:
+            self._data_connector.attach_datamodule(model, datamodule=datamodule)
         output_path = Path(output) if output is not None else Path(self.default_root_dir) / "meshes"
         written = [str(p) for p in model.export_meshes(output_path, resolution, level, mode)]
         for path in written:

@@ -16,8 +16,18 @@ from sfd_lightning.cli import main
 REPO = Path(__file__).resolve().parents[1]
 COARSE = str(REPO / "configs" / "list" / "tiny_coarse.yaml")
 FINE = str(REPO / "configs" / "list" / "tiny_fine.yaml")
-SMALL = ["--data.init_args.image_size", "16", "--data.init_args.sample_point_density", "256",
-         "--data.init_args.batch_size", "2", "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2"]
+#: Cheapest settings (CPU seconds, not minutes): a 4-shape / 2-view synthetic tree at 32 px (cached
+#: under SFD_CACHE), 16 px inputs, a 32-point TreeGCN, 2-channel voxel levels, one validation batch.
+DATA_SMALL = ["--data.init_args.image_size", "16", "--data.init_args.sample_point_density", "128",
+              "--data.init_args.batch_size", "2", "--data.init_args.eval_view", "1",
+              "--data.init_args.synthetic", '{"shapes": 4, "views": 2, "image_size": 32, "samples": 2000, '
+              '"list_points": 512, "surface_points": 1000, "fps_points": 128, "mesh_resolution": 32, "test_fraction": 0.5}',
+              "--trainer.limit_val_batches", "1", "--trainer.val_check_interval", "2"]
+TREE_SMALL = ["--model.init_args.latent_dim", "32", "--model.init_args.tree_features", "[32, 16, 3]",
+              "--model.init_args.tree_degrees", "[4, 8]", "--model.init_args.tree_support", "2"]
+SMALL = DATA_SMALL + TREE_SMALL
+FINE_SMALL = ["--model.init_args.map_size", "10", "--model.init_args.vox_channels", "[2, 2, 2, 2, 2]",
+              "--model.init_args.test_resolution", "16", "--model.init_args.test_pointnum", "4096"]
 
 
 def _env() -> dict[str, str]:
@@ -42,7 +52,7 @@ def test_coarse_fine_warm_start_resume_test_predict(tmp_path):
     assert coarse.returncode == 0, coarse.stderr[-3000:]
     coarse_ckpt = root / "coarse" / "checkpoints" / "last.ckpt"
     fine = _sfd("fit", "--config", FINE, *common, "--run_name", "fine", "--trainer.max_steps", "2", *SMALL,
-                "--model.init_args.map_size", "10", "--model.init_args.coarse_checkpoint", str(coarse_ckpt))
+                *FINE_SMALL, "--model.init_args.coarse_checkpoint", str(coarse_ckpt))
     assert fine.returncode == 0, fine.stderr[-3000:]
     fine_ckpt = root / "fine" / "checkpoints" / "last.ckpt"
     c_state, f_state = _state(coarse_ckpt), _state(fine_ckpt)
@@ -58,7 +68,7 @@ def test_coarse_fine_warm_start_resume_test_predict(tmp_path):
 
     # resume (in-process): freezing re-applied, frozen weights still equal, step counter continues
     assert main(["fit", "--config", FINE, *common, "--trainer.max_steps", "3", *SMALL,
-                 "--model.init_args.map_size", "10", "--ckpt_path", str(fine_ckpt)]) == 0
+                 *FINE_SMALL, "--ckpt_path", str(fine_ckpt)]) == 0
     resumed = torch.load(fine_ckpt, map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 3
     for key, value in c_state.items():
@@ -67,12 +77,18 @@ def test_coarse_fine_warm_start_resume_test_predict(tmp_path):
 
     # test: classes and hparams from the checkpoint; `list` protocol numbers in metrics.json
     assert main(["test", "--ckpt_path", str(fine_ckpt), *common, "--run_name", "fine-test",
-                 "--data.init_args.image_size", "16", "--model.init_args.test_resolution", "16",
+                 *DATA_SMALL[:10], "--model.init_args.test_resolution", "16",
                  "--model.init_args.test_samples", "2000", "--model.init_args.test_iou_points", "5000"]) == 0
     record = json.loads((root / "fine-test" / "metrics.json").read_text())
     assert record["protocol"] == "list" and record["n_objects"] == 2
     assert {"list_cd_l2_x1e4", "fscore_0.5", "fscore_1.0", "fscore_5.0", "list_iou"} <= set(record["metrics"])
     assert 0 <= record["n_failed"] <= 2
+
+    # export: one mesh per test image of the data module (trainer.export attaches it)
+    exported = tmp_path / "exported"
+    assert main(["export", "--ckpt_path", str(fine_ckpt), *common, "--run_name", "fine-export",
+                 *DATA_SMALL[:10], "--resolution", "16", "--output", str(exported)]) == 0
+    assert len(list(exported.glob("*.ply"))) == 2
 
     # predict on a folder of images -> one mesh per image
     images = tmp_path / "images"
