@@ -10,6 +10,10 @@ Measured (2-core CPU, shared; soft IoU vs baseline): seed 0 0.364 vs 0.236 (+0.1
 the mean-camera baseline varies with the predicted cameras, so 60 steps do NOT beat it on every
 seed: the test fixes seed 0 and asserts IoU > 0.33 (min over 3 seeds 0.364) and IoU > baseline. Keypoint transfer after 60 steps is NOT above its baselines (seed 0: PCK@0.1
 flow 0.078 vs identity 0.355; cam 0.151 vs mean camera 0.274; seed 1: 0.010 / 0.355, 0.158 / 0.207; seed 2: 0.039 / 0.355, 0.167 / 0.175), so only the mask floor is asserted.
+Tried (2026-11-21): lr 3e-3 (else identical) raises both numbers and narrows the margin: seeds 0/1/2
+IoU 0.425/0.438/0.403 vs baseline 0.429/0.429/0.388 (-0.004/+0.009/+0.015); PCK@0.1 cam 0.174/0.203/
+0.213 vs mean camera 0.174/0.246/0.261. So lr stays 1e-3; a robust floor needs a longer run
+(200 steps was started but not measured over 3 seeds in time).
 """
 
 from __future__ import annotations

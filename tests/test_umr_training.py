@@ -1,5 +1,7 @@
-"""UMR systems: Trainer smokes at 32 and 64 px (both stages), bf16-mixed dtypes, template update
-schedule, a two-image overfit, and the CLI chain stage 1 -> build-template -> stage 2 -> test -> predict."""
+"""UMR systems at the tiniest settings (32 px, level-1 mesh, batch 2, narrow heads): a stage-1 Trainer
+run with validation and the template-update schedule, a bf16-mixed stage-2 run that checks dtypes and
+the stage-2 losses, a two-image overfit, and the CLI chain stage 1 -> build-template -> stage 2 ->
+test -> predict -> export in one subprocess."""
 
 from __future__ import annotations
 
@@ -11,7 +13,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-import pytest
 import torch
 
 from sfd_lightning.datamodules.cub import CUBDataModule
@@ -20,13 +21,13 @@ from sfd_lightning.modules.umr.stage1 import UMRStage1
 from sfd_lightning.modules.umr.stage2 import UMRStage2
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(z_dim=16, feat_dim=32, flow_fc_widths=[32, 128], flow_c0=4, pck_pairs=100)
+TINY = dict(z_dim=8, feat_dim=16, flow_fc_widths=[16, 64], flow_c0=4, pck_pairs=50)
 
 
-def _model(stage: int, size: int, **kw) -> pl.LightningModule:
+def _model(stage: int, size: int = 32, **kw) -> pl.LightningModule:
     if stage == 1:
-        return UMRStage1(img_size=size, mesh_level=1, shape_hidden=[32], **{**TINY, **kw})
-    return UMRStage2(img_size=size, mesh_level=1, hypotheses=3, **{**TINY, **kw})
+        return UMRStage1(img_size=size, mesh_level=1, shape_hidden=[16], **{**TINY, **kw})
+    return UMRStage2(img_size=size, mesh_level=1, hypotheses=2, **{**TINY, **kw})
 
 
 def _trainer(tmp_path: Path, **kw) -> pl.Trainer:
@@ -35,23 +36,35 @@ def _trainer(tmp_path: Path, **kw) -> pl.Trainer:
     return pl.Trainer(**{**args, **kw})
 
 
-@pytest.mark.parametrize("stage,size", [(1, 32), (1, 64), (2, 32), (2, 64)])
-def test_fast_dev_run(stage: int, size: int, tmp_path: Path) -> None:
-    model = _model(stage, size)
-    dm = CUBDataModule(image_size=size, batch_size=4, part_maps="part_maps")
-    trainer = _trainer(tmp_path, fast_dev_run=True)
+def test_stage1_trainer_validation_and_template_update_schedule(tmp_path: Path) -> None:
+    """Three 1-step epochs: finite losses, the texture substitute ran, validation ran, and ``mean_v``
+    changes only after epoch 2 (1-based, ``template_update_every=2``), never through gradients."""
+    model = _model(1, template_update_every=2)
+    assert "mean_v" in dict(model.named_buffers()) and "mean_v" not in dict(model.named_parameters())
+    snapshots: list[torch.Tensor] = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            snapshots.append(pl_module.mean_v.detach().clone())
+
+    dm = CUBDataModule(image_size=32, batch_size=4, eval_batch_size=4, part_maps=None)
+    trainer = _trainer(tmp_path, max_epochs=3, limit_train_batches=1, limit_val_batches=1,
+                       check_val_every_n_epoch=3, num_sanity_val_steps=0, callbacks=[Record()])
     trainer.fit(model, dm)
-    loss = trainer.callback_metrics["train/loss"]
-    assert torch.isfinite(loss)
-    assert "train/texture_l1_dssim" in trainer.callback_metrics  # the documented substitute ran
-    if stage == 2:
-        for key in ("train/part_map", "train/vertex_chamfer", "train/camera_entropy"):
-            assert torch.isfinite(trainer.callback_metrics[key]), key
+    snapshots.append(model.mean_v.detach().clone())
+    m = trainer.callback_metrics
+    assert torch.isfinite(m["train/loss"])
+    assert "train/texture_l1_dssim" in m  # the documented substitute ran
+    assert 0.0 <= float(m["val/mask_iou_soft"]) <= 1.0
+    changed = [not torch.equal(a, b) for a, b in zip(snapshots[:-1], snapshots[1:])]
+    assert changed == [False, True, False]
+    assert int(model.template_updates) == 1
 
 
-def test_bf16_mixed_dtypes(tmp_path: Path) -> None:
-    """One bf16-mixed stage-2 step: networks run in bf16, the soft rasteriser in fp32."""
-    model = _model(2, 32, w_gan=1.0)
+def test_stage2_bf16_mixed_dtypes(tmp_path: Path) -> None:
+    """One bf16-mixed stage-2 step: networks run in bf16, the soft rasteriser in fp32; the stage-2
+    losses (part map, vertex chamfer, camera entropy) are finite."""
+    model = _model(2, w_gan=1.0)
     seen: dict[str, set] = {}
 
     def hook(name):
@@ -72,32 +85,16 @@ def test_bf16_mixed_dtypes(tmp_path: Path) -> None:
         return out
 
     model.renderer.rasterize = rasterize
-    dm = CUBDataModule(image_size=32, batch_size=4, part_maps="part_maps")
+    dm = CUBDataModule(image_size=32, batch_size=2, part_maps="part_maps")
     trainer = _trainer(tmp_path, fast_dev_run=True, precision="bf16-mixed", limit_val_batches=0)
     trainer.fit(model, dm)
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    m = trainer.callback_metrics
+    for key in ("train/loss", "train/part_map", "train/vertex_chamfer", "train/camera_entropy"):
+        assert torch.isfinite(m[key]), key
+    assert "train/texture_l1_dssim" in m
     for name in modules:
         assert seen[name] == {torch.bfloat16}, (name, seen[name])
     assert seen["renderer"] == {torch.float32}
-
-
-def test_template_update_schedule(tmp_path: Path) -> None:
-    """mean_v changes only after epochs 5, 10, ... (1-based) and never through gradients."""
-    model = _model(1, 32, template_update_every=5)
-    assert "mean_v" in dict(model.named_buffers()) and "mean_v" not in dict(model.named_parameters())
-    snapshots: list[torch.Tensor] = []
-
-    class Record(pl.Callback):
-        def on_train_epoch_start(self, trainer, pl_module):
-            snapshots.append(pl_module.mean_v.detach().clone())
-
-    dm = CUBDataModule(image_size=32, batch_size=4, part_maps=None)
-    trainer = _trainer(tmp_path, max_epochs=6, limit_train_batches=1, limit_val_batches=0, callbacks=[Record()])
-    trainer.fit(model, dm)
-    snapshots.append(model.mean_v.detach().clone())
-    changed = [not torch.equal(a, b) for a, b in zip(snapshots[:-1], snapshots[1:])]
-    assert changed == [False, False, False, False, True, False]
-    assert int(model.template_updates) == 1
 
 
 def test_two_image_overfit_mask_loss_drops() -> None:
@@ -105,11 +102,10 @@ def test_two_image_overfit_mask_loss_drops() -> None:
     dm = CUBDataModule(image_size=32, batch_size=2, part_maps=None, flip=False, jitter=0.0)
     dm.setup()
     batch = next(iter(torch.utils.data.DataLoader(dm.datasets["train"], batch_size=2)))
-    model = _model(1, 32, w_gan=0.0, lr=2e-3)
-    model.log = lambda *a, **k: None
+    model = _model(1, w_gan=0.0)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(STEPS):
         out = model(batch["img"], sample=False)
         alpha = model.render(out.verts, out.cams[:, 0]).image[:, -1]
         loss = L.mask_loss(alpha, model.resize(batch["mask"])[:, 0]).mean()
@@ -117,8 +113,11 @@ def test_two_image_overfit_mask_loss_drops() -> None:
         (loss + 0.15 * L.laplacian_loss(out.verts, model.laplacian)).backward()
         opt.step()
         losses.append(float(loss))
-    # measured (seed 0): 0.665 -> 0.579 after 40 steps
-    assert losses[-1] < 0.92 * losses[0], losses[::5]
+    # measured (seed 0, these settings, 2026-11-21): 0.823 -> 0.594 after 10 steps (0.567 after 25)
+    assert losses[-1] < 0.92 * losses[0], losses
+
+
+STEPS = 10
 
 
 def _env() -> dict[str, str]:
@@ -128,27 +127,32 @@ def _env() -> dict[str, str]:
 
 
 def test_cli_stage1_template_stage2_test_predict(tmp_path: Path) -> None:
-    """The whole chain through the real `sfd` entry point, in one subprocess (plus `sfd export`)."""
+    """The whole chain through the real `sfd` entry point, in one subprocess (plus `sfd export`),
+    at the tiniest settings (1 step per stage, batch 2, 2 hypotheses, narrow heads, 1 test batch)."""
     root = tmp_path / "runs"
     photos = tmp_path / "photos"
     photos.mkdir()
     from PIL import Image
 
     Image.fromarray((np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)).save(photos / "bird.png")
-    small = ["--model.init_args.img_size", "32", "--data.init_args.image_size", "32", "--model.init_args.mesh_level",
-             "1", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--trainer.default_root_dir",
-             str(root)]
+    m, d = "--model.init_args.", "--data.init_args."
+    small = [m + "img_size", "32", d + "image_size", "32", m + "mesh_level", "1", m + "feat_dim", "16",
+             m + "z_dim", "8", m + "flow_fc_widths", "[16, 64]", m + "flow_c0", "4", m + "pck_pairs", "50",
+             m + "w_gan", "0.0", d + "batch_size", "2", d + "eval_batch_size", "4", "--trainer.max_steps", "1",
+             "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(root)]
     s1_cfg, s2_cfg = str(REPO / "configs/umr/tiny_stage1.yaml"), str(REPO / "configs/umr/tiny_stage2.yaml")
     ckpt1 = root / "s1" / "checkpoints" / "last.ckpt"
     template = root / "s1" / "semantic_template.npz"
     ckpt2 = root / "s2" / "checkpoints" / "last.ckpt"
     steps = [
-        ["fit", "--config", s1_cfg, *small, "--run_name", "s1"],
-        ["umr", "build-template", "--config", s1_cfg, "--ckpt_path", str(ckpt1)],
-        ["fit", "--config", s2_cfg, *small, "--run_name", "s2", "--model.init_args.template_path", str(template)],
-        ["test", "--ckpt_path", str(ckpt2), "--trainer.default_root_dir", str(root), "--run_name", "s2-test"],
+        ["fit", "--config", s1_cfg, *small, m + "shape_hidden", "[16]", "--run_name", "s1"],
+        ["umr", "build-template", "--config", s1_cfg, "--ckpt_path", str(ckpt1), "--batch_size", "24"],
+        ["fit", "--config", s2_cfg, *small, m + "hypotheses", "2", "--run_name", "s2",
+         m + "template_path", str(template)],
+        ["test", "--ckpt_path", str(ckpt2), "--trainer.default_root_dir", str(root), "--run_name", "s2-test",
+         "--trainer.limit_test_batches", "2"],
         ["predict", "--ckpt_path", str(ckpt2), "--trainer.default_root_dir", str(root), "--run_name", "s2-pred",
-         "--data.init_args.predict_images", str(photos)],
+         d + "predict_images", str(photos)],
         ["export", "--ckpt_path", str(ckpt2), "--output", str(tmp_path / "template.obj"),
          "--trainer.default_root_dir", str(root)],
     ]
@@ -163,6 +167,7 @@ def test_cli_stage1_template_stage2_test_predict(tmp_path: Path) -> None:
     data = np.load(template)
     assert data["mean_v"].shape == (25, 3) and data["uv_label"].shape == (32, 64)
     record = json.loads((root / "s2-test" / "metrics.json").read_text())
+    assert record["images"] == 8  # limit_test_batches 2 x eval_batch_size 4
     metrics = record["metrics"]
     for key in ("mask_iou", "mask_iou_soft", "pck10_flow", "pck10_cam", "pck10_identity",
                 "baseline_template_mean_camera_iou_soft"):
