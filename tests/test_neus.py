@@ -10,13 +10,7 @@ from sfd_lightning.render.neus import (alpha_to_weights, neus_alpha, render_sdf,
 
 RADIUS = 0.5
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: small tensors, and no OpenMP spinning on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -25,13 +25,7 @@ TINY = dict(sdf_width=32, sdf_depth=4, sdf_multires=3, feature_dim=8, albedo_wid
             chamfer_samples=2000, novel_views=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the tiny MLPs are fastest so, and immune to OpenMP spinning on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ SMALL = ["--data.init_args.synthetic_image_size", "40", "--data.init_args.rays_p
          "--model.init_args.chamfer_samples", "2000", "--model.init_args.novel_views", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fit(config: str, root: Path, name: str, *extra: str) -> Path:

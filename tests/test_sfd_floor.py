@@ -26,12 +26,7 @@ TINY = dict(sdf_width=64, sdf_depth=8, sdf_multires=3, feature_dim=16, albedo_wi
 FLOOR_IOU, FLOOR_PSNR, BOUND_CD = 0.78, 13.8, 0.13
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def evaluate(system: SfD, dm: PileDataModule) -> dict:

@@ -10,13 +10,7 @@ import torch.nn.functional as F
 
 from sfd_lightning.render import spherical_gaussians as sg
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: small tensors, and no OpenMP spinning on a busy CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -25,7 +25,7 @@ from sfd_lightning.errors import InputError
 from sfd_lightning.geometry.io import Mesh, save_mesh
 from sfd_lightning.geometry.surface import SurfaceHandle, similarity_matrix
 from sfd_lightning.modules.base import BaseReconSystem
-from sfd_lightning.modules.dit.evaluation import aggregate, mesh_path, safe_name, score_mesh, to_original
+from sfd_lightning.modules.dit.evaluation import log_and_summarise, mesh_path, safe_name, score_mesh, to_original
 from sfd_lightning.modules.dit.losses import (DITSchedule, code_norm_loss, point_pair_loss,
                                               pointwise_warp_loss, sdf_loss)
 from sfd_lightning.modules.dit.networks import DITNetwork
@@ -329,21 +329,10 @@ class DITAutoDecoder(BaseReconSystem):
         records = self._test_records
         if not records:
             return
-        summary = aggregate([r for r in records if "metrics" in r])
-        baseline = aggregate([{"synset": r["synset"], "metrics": r["mean_code_metrics"]}
-                              for r in records if "mean_code_metrics" in r])
-        for group, values in summary.items():
-            for key, value in values.items():
-                if value is not None and key.endswith(("_mean", "_median")):
-                    self.log(f"test/{group}/{key}", float(value), batch_size=1)
-        sdf = float(np.mean([r["sdf_l1"] for r in records]))
-        self.log("test/sdf_l1_mean", sdf, batch_size=1)
+        body = log_and_summarise(self, records)
         if self.trainer.is_global_zero:
             path = self.write_results({
-                "protocol": self.hparams.protocol, "summary": summary, "mean_code_baseline": baseline,
-                "sdf_l1_mean": sdf,
-                "sdf_l1_mean_code_mean": float(np.mean([r.get("sdf_l1_mean_code", np.nan) for r in records])),
+                **body,
                 "tto": {"iterations": self.hparams.tto_iterations, "samples": self.hparams.tto_samples},
-                "resolution": self.hparams.test_resolution, "frame": "original (SurfaceSamples)",
-                "shapes": records})
+                "frame": "original (SurfaceSamples)", "shapes": records})
             print(f"metrics: {path}")

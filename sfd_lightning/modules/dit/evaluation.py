@@ -67,3 +67,28 @@ def safe_name(name: str) -> str:
 
 def mesh_path(folder: Path, name: str) -> Path:
     return Path(folder) / f"{safe_name(name)}.ply"
+
+
+def log_and_summarise(module: Any, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Log per-category means/medians of ``records`` on ``module`` and return the results body.
+
+    Shared by the auto-decoder (test-time optimisation) and the image models. Each record holds
+    ``synset``, ``metrics`` (deepsdf protocol), optionally ``mean_code_metrics``, ``sdf_l1`` and
+    ``sdf_l1_mean_code``. Returns ``protocol``, ``summary``, ``mean_code_baseline``, ``sdf_l1_mean``,
+    ``sdf_l1_mean_code_mean`` and ``resolution`` for ``write_results``.
+    """
+    summary = aggregate([r for r in records if "metrics" in r])
+    baseline = aggregate([{"synset": r["synset"], "metrics": r["mean_code_metrics"]}
+                          for r in records if "mean_code_metrics" in r])
+    for group, values in summary.items():
+        for key, value in values.items():
+            if value is not None and key.endswith(("_mean", "_median")):
+                module.log(f"test/{group}/{key}", float(value), batch_size=1)
+    sdf = [r["sdf_l1"] for r in records if "sdf_l1" in r]
+    base_sdf = [r["sdf_l1_mean_code"] for r in records if "sdf_l1_mean_code" in r]
+    sdf_mean = float(np.mean(sdf)) if sdf else None
+    if sdf_mean is not None:
+        module.log("test/sdf_l1_mean", sdf_mean, batch_size=1)
+    return {"protocol": module.hparams.protocol, "summary": summary, "mean_code_baseline": baseline,
+            "sdf_l1_mean": sdf_mean, "sdf_l1_mean_code_mean": float(np.mean(base_sdf)) if base_sdf else None,
+            "resolution": module.hparams.test_resolution}

@@ -28,7 +28,7 @@ from sfd_lightning.geometry.io import save_mesh
 from sfd_lightning.geometry.surface import SurfaceHandle
 from sfd_lightning.modules.base import BaseReconSystem
 from sfd_lightning.modules.dit.auto_decoder import BOX, dit_objective
-from sfd_lightning.modules.dit.evaluation import aggregate, mesh_path, safe_name, score_mesh, to_original
+from sfd_lightning.modules.dit.evaluation import log_and_summarise, mesh_path, safe_name, score_mesh, to_original
 from sfd_lightning.modules.dit.losses import DITSchedule
 from sfd_lightning.modules.dit.networks import DITNetwork
 from sfd_lightning.modules.dit.reconstruct import sdf_error
@@ -248,21 +248,9 @@ class DITImageSystem(BaseReconSystem):
         records = self._records
         if not records:
             return
-        summary = aggregate([r for r in records if "metrics" in r])
-        baseline = aggregate([{"synset": r["synset"], "metrics": r["mean_code_metrics"]}
-                              for r in records if "mean_code_metrics" in r])
-        for group, values in summary.items():
-            for key, value in values.items():
-                if value is not None and key.endswith(("_mean", "_median")):
-                    self.log(f"test/{group}/{key}", float(value), batch_size=1)
-        sdf = [r["sdf_l1"] for r in records if "sdf_l1" in r]
-        base_sdf = [r["sdf_l1_mean_code"] for r in records if "sdf_l1_mean_code" in r]
+        body = log_and_summarise(self, records)
         if self.trainer.is_global_zero:
-            path = self.write_results({"protocol": self.hparams.protocol, "summary": summary,
-                                       "mean_code_baseline": baseline,
-                                       "sdf_l1_mean": float(np.mean(sdf)) if sdf else None,
-                                       "sdf_l1_mean_code_mean": float(np.mean(base_sdf)) if base_sdf else None,
-                                       "resolution": self.hparams.test_resolution, "views": records})
+            path = self.write_results({**body, "views": records})
             print(f"metrics: {path}")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
