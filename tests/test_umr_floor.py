@@ -1,7 +1,7 @@
 """UMR quality floor (slow): a short stage-1 run on synthetic birds beats the trivial baseline.
 
 Setting: the default synthetic birds (24 train / 13 held-out test images), 32 px crops, level-2
-mesh, small heads, 60 Adam steps (lr 1e-3, batch 8, no GAN, no template update). Scored by the
+mesh, small heads, 300 Adam steps (lr 1e-3, batch 8, no GAN, no template update). Scored by the
 module's deterministic ``test`` (μ, argmax camera, no flip/jitter) on the held-out test split.
 Baseline: the category template (the unit sphere here) under the mean predicted camera.
 
@@ -14,6 +14,12 @@ Tried (2026-11-21): lr 3e-3 (else identical) raises both numbers and narrows the
 IoU 0.425/0.438/0.403 vs baseline 0.429/0.429/0.388 (-0.004/+0.009/+0.015); PCK@0.1 cam 0.174/0.203/
 0.213 vs mean camera 0.174/0.246/0.261. So lr stays 1e-3; a robust floor needs a longer run
 (200 steps was started but not measured over 3 seeds in time).
+300 steps (2026-11-21, idle 2-core CPU, ~2-3 min per seed; this test's settings): soft IoU vs
+baseline seed 0 0.464 vs 0.409 (+0.055), seed 1 0.524 vs 0.427 (+0.098), seed 2 0.440 vs 0.410
+(+0.030): beats the baseline on every seed, so the test runs 300 steps and asserts IoU > 0.42 and
+IoU > baseline + 0.015 (half the smallest measured margin). PCK@0.1 after 300 steps is still below
+its baselines (cam 0.221/0.239 vs mean camera 0.248/0.263 on seeds 0/1; flow 0.03-0.05 vs identity
+0.355): not asserted.
 """
 
 from __future__ import annotations
@@ -34,11 +40,11 @@ def test_stage1_mask_iou_beats_template_baseline(tmp_path: Path) -> None:
                       shape_hidden=[64, 128], lr=1e-3, w_gan=0.0, template_update_every=0, deform_start_epoch=1000,
                       pck_pairs=2000)
     dm = CUBDataModule(image_size=32, batch_size=8, part_maps=None)
-    trainer = pl.Trainer(max_steps=60, accelerator="cpu", logger=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=300, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
                          default_root_dir=str(tmp_path))
     trainer.fit(model, dm)
     trainer.test(model, dm, verbose=False)
     m = trainer.callback_metrics
     iou, base = float(m["test/mask_iou_soft"]), float(m["test/baseline_template_mean_camera_iou_soft"])
-    assert iou > 0.33 and iou > base, (iou, base)
+    assert iou > 0.42 and iou > base + 0.015, (iou, base)
