@@ -118,6 +118,10 @@ class SfD(BaseReconSystem):
         elif stage == "fit" and self.hparams.stage != "geometry":
             warnings.warn(f"SfD stage '{self.hparams.stage}' without previous_stage_checkpoint: the geometry is "
                           "untrained (a smoke run only)", stacklevel=2)
+        if stage == "fit":
+            # Before the strategy wraps the model: DDP records which parameters need gradients when it
+            # is built, so freezing only in on_fit_start makes it wait for gradients that never come.
+            self.apply_freezing()
 
     def load_previous_stage(self, path: str | Path) -> None:
         """Load the previous stage's weights and buffers (PE ``alpha`` included); no optimiser state."""
