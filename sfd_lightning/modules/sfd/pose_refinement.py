@@ -4,11 +4,20 @@ Instance ``i`` maps the normalised object frame to the world by ``T_i = O_i · S
 residual ``Δ_i = [exp(ω_i) | τ_i]`` in the normalised frame (rotation about the object centre).
 ``Δ_0`` stays the identity: the world is instance 0's frame and the shared shape would otherwise
 absorb a common motion (gauge freedom).
+
+What drives ``Δ_i`` (``SfD(pose_loss=...)``): the geometry losses (``"photometric"``, default), or
+only :class:`SilhouettePoseLoss` (``"silhouette"``: mask BCE on rays at the instance silhouettes,
+rendered with every network frozen, texture-independent), or both. Silhouettes pin rotations about
+the viewing axis but only weakly those about axes in the image plane (foreshortening is second
+order), so with a learned tiny shape the photometric signal was the more reliable one (measured:
+configs/sfd/tiny_pose.yaml, tests/test_sfd_pose.py).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -100,3 +109,109 @@ def translation_errors(pred_centres: np.ndarray, gt_centres: np.ndarray, object_
     residual = np.linalg.norm((s * pred_centres @ rot.T + t) - gt_centres, axis=1)
     return {"trans_err_mean_rel": float(residual.mean() / object_size),
             "trans_err_max_rel": float(residual.max() / object_size)}
+
+
+# ---------------------------------------------------------------------- silhouette pose loss
+@contextmanager
+def frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Temporarily take ``params`` out of autograd (input gradients still flow), so a term
+    computed inside reaches only the other parameters; restores the previous flags."""
+    flags = [(p, p.requires_grad) for p in params]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def sharpened(model, min_inv_s: float | None) -> Iterator[None]:
+    """Temporarily render ``model`` (an ``SfDModel``) with ``inv_s = max(learned, min_inv_s)``."""
+    if not min_inv_s:
+        yield
+        return
+    learned = model.inv_s
+    model.inv_s = lambda: learned().clamp_min(float(min_inv_s))
+    try:
+        yield
+    finally:
+        del model.inv_s  # back to the class method
+
+
+def boundary_rays(instance: np.ndarray, pose_index: np.ndarray, ignore: np.ndarray,
+                  radius: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pixels near the instance/background silhouettes, each with the instance it is rendered in.
+
+    For every registered instance ``k``: pixels within ``radius`` px of its silhouette that are
+    either its own (target 1) or background (target 0). Pixels of another instance are left out
+    (instance ``k`` may lie behind them: the segmentation hinge handles those boundaries); a
+    background pixel near two instances appears once per instance.
+
+    Args:
+        instance: ``(H, W)`` labels (0 background, k = instance k). pose_index: ``(N + 1,)`` label ->
+            pose row (-1 unregistered). ignore: ``(H, W)`` pixels of unregistered instances.
+    Returns:
+        ``pixel (M,)`` row-major indices, ``pose (M,)`` pose rows, ``target (M,)`` float32 in {0, 1}.
+    """
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    structure = np.ones((3, 3), dtype=bool)
+    background = (instance == 0) & ~ignore
+    pixels, poses, targets = [], [], []
+    for label in np.unique(instance):
+        row = int(pose_index[label]) if label > 0 else -1
+        if row < 0:
+            continue
+        own = instance == label
+        ring = binary_dilation(own, structure, iterations=radius) & ~binary_erosion(own, structure, iterations=radius)
+        for mask, target in ((ring & own, 1.0), (ring & background, 0.0)):
+            index = np.flatnonzero(mask.reshape(-1))
+            pixels.append(index)
+            poses.append(np.full(len(index), row, dtype=np.int64))
+            targets.append(np.full(len(index), target, dtype=np.float32))
+    if not pixels:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(pixels), np.concatenate(poses), np.concatenate(targets)
+
+
+class SilhouettePoseLoss:
+    """Texture-independent pose term: mask BCE on rays sampled at the silhouettes, each rendered in
+    its instance's frame with the SDF frozen, so only the pose residuals receive its gradient.
+
+    Holds the silhouette rays of one scene (camera-frame directions and targets, built once from a
+    :class:`~sfd_lightning.datamodules.pile.PileScene`); :meth:`__call__` draws ``rays`` of them.
+    """
+
+    def __init__(self, scene, radius: int = 2) -> None:
+        pixel, pose, target = boundary_rays(scene.instance, scene.pose_index, scene.ignore, radius)
+        dirs = scene.camera_directions()[pixel]
+        self.dirs = torch.from_numpy(dirs.astype(np.float32))  # (M, 3) camera frame
+        self.pose = torch.from_numpy(pose)
+        self.target = torch.from_numpy(target)
+
+    def __len__(self) -> int:
+        return len(self.pose)
+
+    def __call__(self, model, transforms: Tensor, rays: int, n_samples: int, n_importance: int,
+                 up_sample_steps: int, generator: torch.Generator | None = None,
+                 min_inv_s: float | None = None) -> Tensor:
+        """Mask BCE of ``rays`` silhouette rays rendered with ``transforms (N, 4, 4)`` (scalar).
+
+        ``min_inv_s``: render with ``max(inv_s, min_inv_s)`` (a sharper silhouette of the same
+        zero level set than early in training, when the learned NeuS ``inv_s`` is still low)."""
+        from sfd_lightning.modules.sfd.losses import mask_loss
+
+        device = transforms.device
+        if len(self) == 0 or rays <= 0:
+            return transforms.sum() * 0.0
+        pick = torch.randint(len(self), (rays,), generator=generator)
+        rays_o, rays_d = model.camera_rays(self.dirs[pick].to(device))
+        inst = self.pose[pick].to(device)
+        near, far = model.near.expand(rays).to(device), model.far.expand(rays).to(device)
+        with frozen(p for name, p in model.named_parameters() if not name.startswith("pose.")), \
+                sharpened(model, min_inv_s):
+            out = model.render(rays_o, rays_d, model.primary_assign(inst), near, far, n_samples, n_importance,
+                               up_sample_steps, None, True, False, transforms)
+        return mask_loss(out["weights_sum"], self.target[pick].to(device) > 0.5)

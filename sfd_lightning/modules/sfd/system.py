@@ -73,6 +73,11 @@ class SfD(BaseReconSystem):
         light_dirs: visibility directions per light lobe (Mat stage; 25 = 5×5 in the original).
         pose_refinement, pose_lr: optimise per-instance pose residuals in the geometry stage,
             from ``pose_start · max_steps`` on (poses stay fixed while the shape forms).
+        pose_loss: what drives the pose residuals: "photometric" (every geometry loss, colour
+            included) or "silhouette" (only a mask BCE on ``pose_rays`` rays sampled within
+            ``pose_boundary_radius`` px of the instance silhouettes, rendered with the SDF frozen;
+            the other losses then see detached poses) or "both". pose_weight: weight of that term.
+            pose_min_inv_s: lower bound of the NeuS ``inv_s`` in that render (None: the learned one).
         mesh_resolution: marching cubes in test; chamfer_samples: points per surface for Chamfer.
         novel_views: number of novel views of the object rendered by ``sfd predict`` (the relighting
             map is a data argument: ``--data.init_args.relight_envmap PATH``).
@@ -93,7 +98,10 @@ class SfD(BaseReconSystem):
                  vis_n_importance: int = 32, vis_threshold: float = 0.95, light_dirs: int = 25,
                  kl_weight: float = 0.01, smooth_weight: float = 0.1, pose_refinement: bool = False,
                  pose_lr: float = 1e-3, pose_start: float = 0.25, mesh_resolution: int = 128, chamfer_samples: int = 20000,
-                 novel_views: int = 4, seed: int = 0) -> None:
+                 novel_views: int = 4, seed: int = 0,
+                 pose_loss: Literal["photometric", "silhouette", "both"] = "photometric", pose_rays: int = 256,
+                 pose_weight: float = 1.0, pose_boundary_radius: int = 2,
+                 pose_min_inv_s: float | None = None) -> None:
         super().__init__()
         if stage not in TRAINABLE:
             raise ValueError(f"stage must be one of {list(TRAINABLE)}, got {stage!r}")
@@ -103,6 +111,7 @@ class SfD(BaseReconSystem):
                               vis_depth, mat_multires, mat_enc_width, mat_enc_depth, mat_latent, mat_dec_width,
                               mat_dec_depth, num_lobes, variance_init, seed)
         self.scene = None  # PileScene of the data (for evaluation against gt/)
+        self._silhouette_pose = None  # SilhouettePoseLoss of self.scene, built on first use
 
     # ------------------------------------------------------------------ setup, chaining, freezing
     def setup(self, stage: str) -> None:
@@ -221,7 +230,9 @@ class SfD(BaseReconSystem):
         hp, m = self.hparams, self.model
         self._update_pe()
         transforms = m.transforms()
-        if hp.pose_refinement and self.global_step < hp.pose_start * self._max_steps():
+        refining = hp.pose_refinement and self.global_step >= hp.pose_start * self._max_steps()
+        pose_transforms = transforms
+        if hp.pose_refinement and (not refining or hp.pose_loss == "silhouette"):
             transforms = transforms.detach() + 0.0 * transforms  # zero pose gradients (DDP sees them used)
         elif not hp.pose_refinement:
             transforms = transforms.detach()
@@ -255,9 +266,24 @@ class SfD(BaseReconSystem):
             weighted_proxy = (w.detach()[None] * proxy_seg).sum(-1).T
             terms["seg"] = losses.seg_hinge(weighted, out["inst"][idx]) + losses.seg_hinge(weighted_proxy, out["inst"][idx])
             loss = loss + hp.seg_weight * terms["seg"]
+        if refining and hp.pose_loss in ("silhouette", "both"):
+            terms["pose_silhouette"] = self.silhouette_pose_term(pose_transforms)
+            loss = loss + hp.pose_weight * terms["pose_silhouette"]
         terms["loss"] = loss
         terms["inv_s"] = m.inv_s().detach()
         return terms
+
+    def silhouette_pose_term(self, transforms: Tensor) -> Tensor:
+        """Pose-only silhouette BCE (``pose_loss="silhouette"``; see :class:`SilhouettePoseLoss`)."""
+        from sfd_lightning.modules.sfd.pose_refinement import SilhouettePoseLoss
+
+        hp = self.hparams
+        if self.scene is None:
+            return transforms.sum() * 0.0
+        if self._silhouette_pose is None or self._silhouette_pose[0] is not self.scene:
+            self._silhouette_pose = (self.scene, SilhouettePoseLoss(self.scene, hp.pose_boundary_radius))
+        return self._silhouette_pose[1](self.model, transforms, hp.pose_rays, hp.n_samples, hp.n_importance,
+                                        hp.up_sample_steps, min_inv_s=hp.pose_min_inv_s)
 
     def _visibility_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         hp, m = self.hparams, self.model
