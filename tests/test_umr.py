@@ -190,6 +190,18 @@ def test_keypoint_transfer_metrics() -> None:
              "pred_mask": torch.ones(n, 8, 8, dtype=torch.bool)}
     res = transfer_pck(store, n_pairs=20)
     assert res["pck10_flow"] == 1.0 and res["pck10_identity"] == 1.0 and res["pck10_mean_cam"] == 1.0
+    # source visibility: a hidden vertex at the keypoint's pixel loses to the visible one behind it
+    src_proj = torch.tensor([[[0.0, 0.0], [0.05, 0.0]]])
+    tgt_proj = torch.tensor([[[0.9, 0.9], [-0.5, 0.2]]])
+    kp0 = torch.zeros(1, 1, 2)
+    assert torch.equal(transfer_cam(kp0, src_proj, tgt_proj, None), tgt_proj[:, :1])
+    hidden = torch.tensor([[False, True]])
+    assert torch.equal(transfer_cam(kp0, src_proj, tgt_proj, None, hidden), tgt_proj[:, 1:])
+    assert torch.equal(transfer_cam(kp0, src_proj, tgt_proj, None, torch.zeros(1, 2, dtype=torch.bool)),
+                       tgt_proj[:, :1])  # nothing visible: every vertex is a candidate
+    # the mean-camera baseline uses the given single projection (a far-away one scores 0)
+    res = transfer_pck({**store, "proj_mean_cam": proj[0] + 5.0}, n_pairs=20)
+    assert res["pck10_mean_cam"] == 0.0 and res["pck10_cam"] == 1.0
     m = torch.rand(4, 16, 16, generator=g)
     assert torch.allclose(mask_iou(m, m), torch.ones(4))
 
@@ -240,3 +252,97 @@ def test_photo_folder_of_shared_birds(shared_data) -> None:
         item = ds[i]
         assert item["img"].shape == (3, 64, 64) and 0.0 <= float(item["img"].min()) <= float(item["img"].max()) <= 1.0
     assert {ds[i]["name"] for i in range(3)} == {"birdie", "img1", "img2"}
+
+
+def test_ground_truth_bird_under_its_camera_scores_pck_one() -> None:
+    """End-to-end camera conventions on the synthetic birds: the ground-truth perspective camera,
+    expressed as a UMR weak-perspective camera (quaternion w-first, NDC y down, crop box), projects
+    the 3D keypoints onto the dataset's keypoints (PCK@0.1 = 1), renders the bird onto its mask, and
+    keypoint transfer through ground-truth correspondences and cameras scores PCK 1."""
+    import json
+
+    from sfd_lightning.datamodules.cub import CUBDataModule
+    from sfd_lightning.geometry.cameras import PinholeCamera
+    from sfd_lightning.modules.umr.cameras import fit_weak_perspective, matrix_to_quaternion, rotation_error_deg
+    from sfd_lightning.synthetic.bird_scenes import bird_mesh
+    from sfd_lightning.synthetic.birds import BirdModel, BirdParams
+
+    size = 32
+    dm = CUBDataModule(image_size=size, batch_size=4, part_maps=None)
+    dm.setup("test")
+    ds = dm.datasets["test"]
+    gt = json.loads((dm.root / "gt" / "cameras.json").read_text())["images"]
+    kps, perspective, weak, ious = [], [], [], []
+    for i in range(len(ds)):
+        item = ds[i]
+        g = gt[str(int(item["image_id"]))]
+        rot = np.array(g["R"])
+        camera = PinholeCamera(np.array(g["K"]), rot, np.array(g["t"]), g["width"], g["height"])
+        pts3d = np.array(g["keypoints_3d"])
+        pix, _ = camera.project(pts3d)
+        x0, y0, side, flipped = item["crop"].tolist()
+        assert flipped == 0.0
+        ndc = torch.from_numpy(2.0 * (pix - [x0, y0] + 0.5) / side - 1.0)  # the crop's NDC (cub_crop.to_ndc)
+        cam = fit_weak_perspective(torch.from_numpy(pts3d), torch.from_numpy(rot), ndc)
+        assert float(rotation_error_deg(quaternion_to_matrix(cam[3:7]), torch.from_numpy(rot))) < 1e-4
+        assert torch.allclose(quaternion_to_matrix(matrix_to_quaternion(torch.from_numpy(rot))),
+                              torch.from_numpy(rot), atol=1e-9)
+        weak.append(project(torch.from_numpy(pts3d)[None], cam[None])[0, :, :2].float())
+        perspective.append(ndc.float())
+        kps.append(item["kp"])
+        if i < 3:  # the bird's surface under the same camera covers its ground-truth mask
+            mesh = bird_mesh(BirdModel(BirdParams.from_dict(g["params"])), 40)
+            verts = torch.from_numpy(np.asarray(mesh.vertices)).float()[None]
+            rast = SoftRasterizer(size, sigma=1e-7, gamma=1e-4, dist_eps=1e-10,  # near-hard silhouette
+                                  perspective_correct=False)
+            alpha = rast(project(verts, cam[None].float()), torch.from_numpy(np.asarray(mesh.faces)).long())[0, -1]
+            ious.append(float(L.soft_iou(alpha[None], item["mask"])[0]))
+    kp = torch.stack(kps)
+    vis = kp[..., 2] > 0
+    assert vis.float().mean() > 0.3
+    # the dataset's keypoints are the exact perspective projections, in the same NDC (x right, y down)
+    assert (torch.stack(perspective) - kp[..., :2])[vis].abs().max() < 1e-3
+    # UMR's weak-perspective projection of the ground truth: every keypoint within PCK@0.1
+    weak = torch.stack(weak)
+    assert pck_from_predictions(weak, kp[..., :2], vis, 0.1) == 1.0
+    err = (weak - kp[..., :2]).norm(dim=-1)[vis] * 0.55  # in units of the max bbox side
+    assert float(err.mean()) < 0.03, float(err.max())
+    assert min(ious) > 0.75, ious  # the weak-perspective approximation of the photo camera costs a little
+    # transfer through ground-truth correspondences (the 15 3D keypoints as "template vertices")
+    store = {"kp": kp, "kp_faces": torch.zeros(len(kp), 15, dtype=torch.long), "mean_flow": torch.zeros(len(kp), 1, 2),
+             "proj_tpl": torch.stack(perspective), "pred_mask": torch.ones(len(kp), size, size, dtype=torch.bool)}
+    res = transfer_pck(store, n_pairs=500)
+    assert res["pck10_cam"] == 1.0 and res["pck10_identity"] < 0.6 and res["pck10_mean_cam"] < 0.6, res
+    store["proj_tpl"] = weak  # weak perspective (photo cameras sit 4 bird radii away): measured 0.963
+    assert transfer_pck(store, n_pairs=500)["pck10_cam"] > 0.93
+
+
+def test_lr_decay_follows_max_steps_and_upright_camera_start() -> None:
+    from types import SimpleNamespace
+
+    from sfd_lightning.modules.umr.networks import MultiCamera, SingleCamera, base_rotations
+    from sfd_lightning.modules.umr.stage1 import UMRStage1
+
+    def final_factor(max_steps: int, **kw) -> float:
+        model = UMRStage1(img_size=32, mesh_level=1, z_dim=8, feat_dim=16, flow_fc_widths=[16, 64], flow_c0=2,
+                          shape_hidden=[16], **kw)
+        model._trainer = SimpleNamespace(max_steps=max_steps, estimated_stepping_batches=max_steps)
+        sched = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+        return float(sched.lr_lambdas[0](max_steps))
+
+    assert final_factor(10, lr_decay_total=1.0) == pytest.approx(0.5)  # 1/(1 + total) at max_steps
+    assert final_factor(1000, lr_decay_total=1.0) == pytest.approx(0.5)
+    assert final_factor(1000) == pytest.approx(1 / (1 + 5e-4 * 1000))  # default: the original's per-step rate
+    # upright start: template z (up) -> image up (NDC y down), symmetry axis y -> depth; 4 hypotheses 90° apart
+    rots = quaternion_to_matrix(base_rotations(4, "upright"))
+    up = rots @ torch.tensor([0.0, 0.0, 1.0])
+    assert torch.allclose(up, torch.tensor([0.0, -1.0, 0.0]).expand(4, -1), atol=1e-6)
+    forward = rots @ torch.tensor([1.0, 0.0, 0.0])
+    assert torch.allclose(forward, torch.tensor([[1.0, 0, 0], [0, 0, -1], [-1, 0, 0], [0, 0, 1]]), atol=1e-6)
+    assert torch.equal(base_rotations(3, "identity"), torch.tensor([[1.0, 0, 0, 0]]).repeat(3, 1))
+    feat = torch.zeros(2, 16)
+    cams, _ = MultiCamera(16, 4, init="upright").eval()(feat)
+    assert torch.allclose(quaternion_to_matrix(cams[0, :, 3:7]), rots, atol=1e-5)
+    single = SingleCamera(16, init="upright").eval()
+    assert torch.allclose(quaternion_to_matrix(single(feat)[0][0, 0, 3:7]), rots[0], atol=1e-5)
+    assert "base_quat" not in single.state_dict()  # old stage-1 checkpoints still load

@@ -10,9 +10,15 @@ Modes:
 * ``flow``: a source Gaussian heatmap per keypoint (σ in NDC) sampled at each face's
   texel-flow points and averaged; the arg-max face's mean target flow is the prediction.
 * ``cam``: the template vertex nearest to the source keypoint under the source camera, projected
-  with the target camera, snapped to the nearest pixel of the target's predicted mask.
+  with the target camera, snapped to the nearest pixel of the target's predicted mask. When the
+  store holds ``vis_tpl (N, V)`` (vertices visible in each image's hard render), only the source's
+  visible vertices are candidates (a keypoint is on the visible surface; without this, a vertex on
+  the far side that projects to the same pixel can win and lands on the wrong side in the target).
 Baselines on the same pairs: ``identity`` (prediction = source location; the flow-mode baseline)
-and ``mean_cam`` (every image under one camera: cam mode with identical projections).
+and ``mean_cam`` (every image under one camera: cam mode with identical projections, i.e. the source
+keypoint moved onto the nearest template vertex under that camera). The one camera is the store's
+``proj_mean_cam (V, 2)`` (the systems pass the template under the mean predicted camera); without it,
+the mean of the per-image projections (which shrinks towards the centre when the cameras differ).
 """
 
 from __future__ import annotations
@@ -50,10 +56,16 @@ def transfer_flow(src_faces: Tensor, tgt_mean_flow: Tensor) -> Tensor:
     return tgt_mean_flow.gather(1, idx)
 
 
-def transfer_cam(src_kp: Tensor, src_proj: Tensor, tgt_proj: Tensor, tgt_mask: Tensor | None) -> Tensor:
+def transfer_cam(src_kp: Tensor, src_proj: Tensor, tgt_proj: Tensor, tgt_mask: Tensor | None,
+                 src_visible: Tensor | None = None) -> Tensor:
     """Camera mode: ``src_kp (P, K, 2)``, projected template vertices ``(P, V, 2)`` of source and
-    target, target predicted masks ``(P, S, S)`` bool (``None``: no snapping) -> ``(P, K, 2)``."""
-    nearest = torch.cdist(src_kp.float(), src_proj.float()).argmin(-1)  # (P, K)
+    target, target predicted masks ``(P, S, S)`` bool (``None``: no snapping), optional source
+    vertex visibility ``(P, V)`` bool (``None``: every vertex is a candidate) -> ``(P, K, 2)``."""
+    dist = torch.cdist(src_kp.float(), src_proj.float())  # (P, K, V)
+    if src_visible is not None:
+        allowed = src_visible | ~src_visible.any(-1, keepdim=True)  # no visible vertex at all: every vertex
+        dist = dist.masked_fill(~allowed.unsqueeze(1), float("inf"))
+    nearest = dist.argmin(-1)  # (P, K)
     pred = tgt_proj.float().gather(1, nearest.unsqueeze(-1).expand(-1, -1, 2))
     if tgt_mask is None:
         return pred
@@ -93,7 +105,8 @@ def transfer_pck(store: dict[str, Tensor], n_pairs: int = 10000, alphas: tuple[f
     """PCK of all modes and baselines from per-image predictions.
 
     ``store``: ``kp (N, K, 3)``, ``kp_faces (N, K)``, ``mean_flow (N, F, 2)``, ``proj_tpl (N, V, 2)``,
-    ``pred_mask (N, S, S)`` bool. Returns ``{"pck{a}_{mode}": value}`` for mode in flow, cam,
+    ``pred_mask (N, S, S)`` bool, optional ``vis_tpl (N, V)`` bool and ``proj_mean_cam (V, 2)``
+    (see the module doc). Returns ``{"pck{a}_{mode}": value}`` for mode in flow, cam,
     identity, mean_cam (``a`` as ``0.1`` -> ``10``).
     """
     n = len(store["kp"])
@@ -102,13 +115,17 @@ def transfer_pck(store: dict[str, Tensor], n_pairs: int = 10000, alphas: tuple[f
     preds: dict[str, list[Tensor]] = {m: [] for m in ("flow", "cam", "identity", "mean_cam")}
     gts, valids = [], []
     kp = store["kp"]
-    mean_proj = store["proj_tpl"].float().mean(0, keepdim=True)
+    if "proj_mean_cam" in store:
+        mean_proj = store["proj_mean_cam"].float().reshape(1, -1, 2)
+    else:
+        mean_proj = store["proj_tpl"].float().mean(0, keepdim=True)
     for c0 in range(0, len(pairs), chunk):
         s, t = (torch.from_numpy(np.ascontiguousarray(pairs[c0:c0 + chunk, k])) for k in (0, 1))
         src_kp, tgt_kp = kp[s], kp[t]
         valid = (src_kp[..., 2] > 0) & (tgt_kp[..., 2] > 0)
         preds["flow"].append(transfer_flow(store["kp_faces"][s], store["mean_flow"][t]))
-        preds["cam"].append(transfer_cam(src_kp[..., :2], store["proj_tpl"][s], store["proj_tpl"][t], None))
+        vis = store["vis_tpl"][s] if "vis_tpl" in store else None
+        preds["cam"].append(transfer_cam(src_kp[..., :2], store["proj_tpl"][s], store["proj_tpl"][t], None, vis))
         preds["identity"].append(src_kp[..., :2])
         mp = mean_proj.expand(len(s), -1, -1)
         preds["mean_cam"].append(transfer_cam(src_kp[..., :2], mp, mp, None))

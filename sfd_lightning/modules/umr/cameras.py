@@ -15,7 +15,8 @@ from torch import Tensor
 from sfd_lightning.render.mesh_camera import project_weak_perspective, quaternion_to_matrix
 
 __all__ = ["quat_multiply", "axis_angle_quat", "project", "flip_camera", "rotate_about_y",
-           "mean_camera", "to_opencv_orthographic"]
+           "mean_camera", "to_opencv_orthographic", "matrix_to_quaternion", "fit_weak_perspective",
+           "rotation_error_deg"]
 
 
 def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
@@ -78,3 +79,43 @@ def to_opencv_orthographic(cam: Tensor, image_size: int) -> dict[str, Tensor]:
     size = float(image_size)
     return {"R": quaternion_to_matrix(cam[3:7]), "focal": s * size / 2,
             "principal": torch.stack([((tx + 1) * size - 1) / 2, ((ty + 1) * size - 1) / 2])}
+
+
+def matrix_to_quaternion(rot: Tensor) -> Tensor:
+    """Rotations ``(..., 3, 3)`` -> unit quaternions ``(..., 4)`` (w, x, y, z), ``w >= 0``; the inverse of
+    :func:`~sfd_lightning.render.mesh_camera.quaternion_to_matrix` (largest-pivot method, stable)."""
+    m = rot.reshape(-1, 3, 3)
+    diag = torch.stack([m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2], m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2],
+                        -m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], -m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1)
+    # candidate i solves with its own component as the (largest) pivot: 4·q_i² = 1 + diag_i
+    cands = torch.stack([
+        torch.stack([1 + diag[:, 0], m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
+        torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + diag[:, 1], m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], -1),
+        torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 + diag[:, 2], m[:, 1, 2] + m[:, 2, 1]], -1),
+        torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], 1 + diag[:, 3]], -1),
+    ], 1)  # (N, 4 candidates, 4)
+    best = diag.argmax(-1)
+    q = cands[torch.arange(len(m), device=m.device), best]
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    return q.reshape(*rot.shape[:-2], 4)
+
+
+def fit_weak_perspective(points: Tensor, rot: Tensor, ndc: Tensor) -> Tensor:
+    """Least-squares weak-perspective camera ``(7,)`` with rotation ``rot (3, 3)`` (object -> camera,
+    x right, y down, z forward: the OpenCV axes) that maps object points ``(N, 3)`` to NDC ``(N, 2)``:
+    ``min_{s, t} Σ ‖s·(R X)_{xy} + t − ndc‖²``. Used to express a ground-truth perspective camera in
+    UMR's convention (tests, rotation-error diagnostics)."""
+    xr = (points.double() @ rot.double().T)[:, :2]
+    n = len(points)
+    a = torch.zeros(2 * n, 3, dtype=torch.float64, device=points.device)
+    a[0::2, 0], a[1::2, 0] = xr[:, 0], xr[:, 1]
+    a[0::2, 1], a[1::2, 2] = 1.0, 1.0
+    sol = torch.linalg.lstsq(a, ndc.double().reshape(-1, 1)).solution[:, 0]
+    return torch.cat([sol, matrix_to_quaternion(rot.double())]).to(points.dtype)
+
+
+def rotation_error_deg(rot_a: Tensor, rot_b: Tensor) -> Tensor:
+    """Geodesic angle in degrees ``(...)`` between rotations ``(..., 3, 3)``."""
+    cos = ((rot_a.transpose(-1, -2) @ rot_b).diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))

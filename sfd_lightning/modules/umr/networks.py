@@ -106,18 +106,54 @@ def _scale(x: Tensor) -> Tensor:
     return F.relu(x + 1.0) + 1e-12
 
 
-class SingleCamera(nn.Module):
-    """Stage-1 camera from ``feat``: ``(B, 1, 7)`` = ``[s, tx, ty, qw, qx, qy, qz]`` (unit quaternion)."""
+CAMERA_INITS = ("identity", "upright")
 
-    def __init__(self, feat_dim: int = 200) -> None:
+
+def base_rotations(hypotheses: int, init: str) -> Tensor:
+    """Start rotations ``(H, 4)`` (w, x, y, z) of the camera hypotheses.
+
+    ``identity``: every hypothesis starts at the identity (the released code; its template's
+    symmetry axis y is then the image's vertical axis, i.e. the first view looks along the
+    template's up axis). ``upright``: the original's base rotations (built there but unused):
+    90° about x, so the template's z axis points up in the image (NDC y down) and its symmetry
+    plane faces the camera (a side view, x to the right), then 360°·h/H about the image's vertical
+    axis (8 hypotheses: 45° steps) — ``R_h = R_y(360°·h/H)·R_x(90°)``.
+    """
+    from sfd_lightning.modules.umr.cameras import axis_angle_quat, quat_multiply
+
+    if init not in CAMERA_INITS:
+        raise ValueError(f"camera_init must be one of {CAMERA_INITS}, got {init!r}")
+    if init == "identity":
+        return torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(hypotheses, 1)
+    upright = axis_angle_quat((1.0, 0.0, 0.0), torch.tensor(math.pi / 2))
+    turns = axis_angle_quat((0.0, 1.0, 0.0), 2 * math.pi * torch.arange(hypotheses, dtype=torch.float32) / hypotheses)
+    return quat_multiply(turns, upright.expand_as(turns))
+
+
+class SingleCamera(nn.Module):
+    """Stage-1 camera from ``feat``: ``(B, 1, 7)`` = ``[s, tx, ty, qw, qx, qy, qz]`` (unit quaternion).
+
+    ``init="identity"``: PyTorch's default initialisation of the quaternion layer (the original);
+    ``"upright"``: quaternion layer N(0, 0.02) with bias (1, 0, 0, 0), composed with the upright
+    base rotation of :func:`base_rotations` (the first predictions are upright side views)."""
+
+    def __init__(self, feat_dim: int = 200, init: str = "identity") -> None:
         super().__init__()
         self.quat = nn.Linear(feat_dim, 4)
         self.scale = nn.Linear(feat_dim, 1)
         self.trans = nn.Linear(feat_dim, 2)
+        self.register_buffer("base_quat", base_rotations(1, init)[0], persistent=False)
+        if init == "upright":
+            nn.init.normal_(self.quat.weight, std=0.02)
+            with torch.no_grad():
+                self.quat.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
 
     def forward(self, feat: Tensor) -> tuple[Tensor, Tensor]:
         """Returns cameras ``(B, 1, 7)`` and probabilities ``(B, 1)`` (ones)."""
+        from sfd_lightning.modules.umr.cameras import quat_multiply
+
         q = F.normalize(self.quat(feat), dim=-1)
+        q = quat_multiply(q, self.base_quat.to(q.dtype).expand_as(q))
         cam = torch.cat([_scale(self.scale(feat)), self.trans(feat), q], dim=-1)
         return cam.unsqueeze(1), cam.new_ones(cam.shape[0], 1)
 
@@ -125,7 +161,8 @@ class SingleCamera(nn.Module):
 class MultiCamera(nn.Module):
     """Stage-2 ``H`` camera hypotheses: shared trunk, per-hypothesis heads; ``(B, H, 7)`` and softmax probs ``(B, H)``."""
 
-    def __init__(self, feat_dim: int = 200, hypotheses: int = 8, azimuth_bias: bool = False) -> None:
+    def __init__(self, feat_dim: int = 200, hypotheses: int = 8, azimuth_bias: bool = False,
+                 init: str = "identity") -> None:
         super().__init__()
         self.trunk = nn.Sequential(nn.Linear(feat_dim, feat_dim), _lrelu(0.1), nn.Linear(feat_dim, feat_dim),
                                    _lrelu(0.1))
@@ -144,12 +181,17 @@ class MultiCamera(nn.Module):
         for head in self.heads:
             with torch.no_grad():
                 head["quat"].bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
-        # optional (our option, CSM-style): hypothesis h starts at azimuth 360°·h/H about y
+        # optional (our option, CSM-style): hypothesis h starts at 360°·h/H about the template's y axis
         base = []
         for h in range(hypotheses):
             angle = 2 * math.pi * h / hypotheses if azimuth_bias else 0.0
             base.append([math.cos(angle / 2), 0.0, math.sin(angle / 2), 0.0])
-        self.register_buffer("base_quat", torch.tensor(base))
+        base_q = torch.tensor(base)
+        if init != "identity":  # start rotations of base_rotations(), applied before the azimuth bias
+            from sfd_lightning.modules.umr.cameras import quat_multiply
+
+            base_q = quat_multiply(base_rotations(hypotheses, init), base_q)
+        self.register_buffer("base_quat", base_q)
 
     def forward(self, feat: Tensor) -> tuple[Tensor, Tensor]:
         from sfd_lightning.modules.umr.cameras import quat_multiply

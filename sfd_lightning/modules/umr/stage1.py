@@ -34,7 +34,11 @@ class UMRStage1(UMRBase):
         shape_hidden: shape-MLP hidden widths (350, 700, 1400, 2800).
         render_size: render/mask-loss resolution (default ``img_size``); ``anti_alias``: render at 2×
             and average-pool; ``sigma_512``: σ at 512² (scaled by (512/S)²); ``gamma``: depth softmax.
-        lr, lr_decay: Adam lr·1/(1 + lr_decay·iteration).
+        lr, lr_decay: Adam lr·1/(1 + lr_decay·iteration) (the original's fixed per-iteration rate).
+        lr_decay_total: when set, the decay follows ``trainer.max_steps``: lr·1/(1 + lr_decay_total·step/max_steps)
+            (``lr_decay`` is then ignored; the original's 5e-4 over ~186k iterations is about 93).
+        camera_init: ``identity`` (the original's default quaternion layer) or ``upright`` (start at an
+            upright side view of the template: 90° about x; see ``networks.base_rotations``).
         w_*: loss weights; ``deform_start_epoch`` / ``ori_epochs`` / ``template_update_every``:
             epoch schedule of the deformation prior, the ori prior and the template re-centring (0 = off).
         gan_rotation_max: novel-view rotation range in degrees about y for the GAN fake.
@@ -51,13 +55,14 @@ class UMRStage1(UMRBase):
                  w_cycle: float = 0.5, w_gan: float = 1.0, deform_start_epoch: int = 5, ori_epochs: int = 3,
                  template_update_every: int = 5, gan_rotation_max: float = 180.0,
                  eval_protocol: str = "deterministic", pck_pairs: int = 10000, keypoint_sigma_256: float = 3.0,
-                 turntable_views: int = 8, raster_chunk_pairs: int = 1 << 19) -> None:
+                 turntable_views: int = 8, raster_chunk_pairs: int = 1 << 19,
+                 lr_decay_total: float | None = None, camera_init: str = "identity") -> None:
         super().__init__(img_size, mesh_level, texels, feat_dim, z_dim, encoder_weights, flow_fc_widths, flow_c0,
                          render_size, anti_alias, sigma_512, gamma, lr, lr_decay, eval_protocol, pck_pairs,
-                         keypoint_sigma_256, turntable_views, raster_chunk_pairs)
+                         keypoint_sigma_256, turntable_views, raster_chunk_pairs, lr_decay_total)
         self.save_hyperparameters()
         self.shape_net = ShapeMLP(z_dim, self.tpl.n_pred, shape_hidden)
-        self.camera_net = SingleCamera(feat_dim)
+        self.camera_net = SingleCamera(feat_dim, init=camera_init)
         self.discriminator = Discriminator(self.render_size, 1)
         self.register_buffer("template_updates", torch.zeros((), dtype=torch.long))
 

@@ -39,6 +39,10 @@ class UMRStage2(UMRBase):
             count background (−1) as visible face F − 1 (released code); ``label_sampling``:
             ``nearest`` or ``bilinear`` (released code) for the per-face part labels.
         w_*: loss weights (table of methods/umr.md §4).
+        lr_decay_total: lr decay following ``trainer.max_steps`` (see the stage-1 class); None: ``lr_decay`` per step.
+        camera_init: ``identity`` (released code: every hypothesis starts at the identity rotation) or
+            ``upright`` (the original's unused base rotations: 90° about x, then 360°·h/H about the
+            image's vertical axis; with y-symmetric, z-up templates every start is an upright side view).
     """
 
     def __init__(self, img_size: int = 256, mesh_level: int = 3, texels: int = 6, feat_dim: int = 200,
@@ -53,15 +57,16 @@ class UMRStage2(UMRBase):
                  w_dt: float = 3.0, w_cycle: float = 1.0, w_gan: float = 1.0, w_entropy: float = 0.05,
                  w_part: float = 5.0, w_chamfer: float = 10.0, gan_rotation_max: float = 180.0,
                  eval_protocol: str = "deterministic", pck_pairs: int = 10000, keypoint_sigma_256: float = 3.0,
-                 turntable_views: int = 8, raster_chunk_pairs: int = 1 << 19) -> None:
+                 turntable_views: int = 8, raster_chunk_pairs: int = 1 << 19,
+                 lr_decay_total: float | None = None, camera_init: str = "identity") -> None:
         super().__init__(img_size, mesh_level, texels, feat_dim, z_dim, encoder_weights, flow_fc_widths, flow_c0,
                          render_size, anti_alias, sigma_512, gamma, lr, lr_decay, eval_protocol, pck_pairs,
-                         keypoint_sigma_256, turntable_views, raster_chunk_pairs)
+                         keypoint_sigma_256, turntable_views, raster_chunk_pairs, lr_decay_total)
         self.save_hyperparameters()
         if cycle_target not in ("soft", "zero") or label_sampling not in ("nearest", "bilinear"):
             raise ValueError("cycle_target must be soft|zero and label_sampling nearest|bilinear")
         self.shape_net = ShapeLinear(z_dim, self.tpl.n_pred)
-        self.camera_net = MultiCamera(feat_dim, hypotheses, camera_azimuth_bias)
+        self.camera_net = MultiCamera(feat_dim, hypotheses, camera_azimuth_bias, init=camera_init)
         self.discriminator = Discriminator(self.render_size, 3)
         n_faces, n_tex = len(self.tpl.faces), self.tpl.texels ** 2
         self.register_buffer("part_texture", torch.zeros(n_faces, n_tex, 4))

@@ -54,7 +54,8 @@ class UMRBase(BaseReconSystem):
                  flow_fc_widths: Sequence[int] = (8192, 8192), flow_c0: int = 256, render_size: int | None = None,
                  anti_alias: bool = False, sigma_512: float = 1e-5, gamma: float = 1e-4, lr: float = 1e-4,
                  lr_decay: float = 5e-4, eval_protocol: str = "deterministic", pck_pairs: int = 10000,
-                 keypoint_sigma_256: float = 3.0, turntable_views: int = 8, raster_chunk_pairs: int = 1 << 19) -> None:
+                 keypoint_sigma_256: float = 3.0, turntable_views: int = 8, raster_chunk_pairs: int = 1 << 19,
+                 lr_decay_total: float | None = None) -> None:
         super().__init__()
         if eval_protocol not in ("deterministic", "original"):
             raise InputError(None, f"eval_protocol {eval_protocol!r}", "use 'deterministic' or 'original'")
@@ -162,6 +163,15 @@ class UMRBase(BaseReconSystem):
         vis.scatter_(1, idx, True)
         return vis[:, 1:]
 
+    def visible_vertices(self, face_index: Tensor) -> Tensor:
+        """Vertices ``(B, V)`` bool of the faces hit by the hard render (corners of visible faces)."""
+        vis_f = UMRBase.visible_faces(self, face_index)  # (B, F); background never counts here
+        b, n_vert = vis_f.shape[0], self.sphere.shape[0]
+        hits = torch.zeros(b, n_vert, dtype=torch.long, device=vis_f.device)
+        for corner in range(3):
+            hits.scatter_add_(1, self.faces[:, corner].unsqueeze(0).expand(b, -1), vis_f.long())
+        return hits > 0
+
     # ------------------------------------------------------------------ shared losses
     def regularisers(self, out: UMROutput) -> dict[str, Tensor]:
         return {"laplacian": L.laplacian_loss(out.verts, self.laplacian.to(out.verts)),
@@ -191,6 +201,11 @@ class UMRBase(BaseReconSystem):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, betas=(0.9, 0.999))
         decay = float(self.hparams.lr_decay)
+        total = self.hparams.get("lr_decay_total")
+        if total is not None:  # the same hyperbolic curve stretched over the run: 1/(1 + total) at max_steps
+            steps = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 \
+                else int(self.trainer.estimated_stepping_batches)
+            decay = float(total) / max(int(steps), 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 / (1.0 + decay * it))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -204,15 +219,17 @@ class UMRBase(BaseReconSystem):
         with torch.no_grad():
             out = self(img, sample=self.hparams.eval_protocol == "original")
             cam, _ = self.select_cameras(out, sample=self.hparams.eval_protocol == "original")
-            alpha = self.render(out.verts, cam).image[:, -1]
+            hard = self.render(out.verts, cam, face_index=True)
+            alpha = hard.image[:, -1]
             gt = self.resize(batch["mask"].float())[:, 0]
             tpl = self.template_vertices().unsqueeze(0).expand(len(img), -1, -1)
             proj_tpl = project(tpl, cam)[..., :2]
+            vis_tpl = self.visible_vertices(hard.face_index)
             sigma = self.hparams.keypoint_sigma_256 * 2.0 / 256.0
             faces = keypoint_faces(batch["kp"].float(), out.tex_flow, sigma)
         return {"soft_iou": L.soft_iou(alpha, gt), "iou": mask_iou(alpha, gt, 0.5), "cam": cam,
                 "kp": batch["kp"].float(), "kp_faces": faces, "mean_flow": out.tex_flow.mean(2),
-                "proj_tpl": proj_tpl, "pred_mask": alpha > 0, "gt_small": F.interpolate(
+                "proj_tpl": proj_tpl, "vis_tpl": vis_tpl, "pred_mask": alpha > 0, "gt_small": F.interpolate(
                     batch["mask"].float(), size=(min(self.img_size, 64),) * 2, mode="bilinear",
                     align_corners=False)[:, 0]}
 
@@ -249,7 +266,9 @@ class UMRBase(BaseReconSystem):
             alpha = base(project(self.template_vertices().unsqueeze(0), cam), self.faces)[0, 0].cpu()
             metrics["baseline_template_mean_camera_iou_soft"] = float(
                 L.soft_iou(alpha.expand_as(store["gt_small"]), store["gt_small"]).mean())
-        pck = transfer_pck(store, n_pairs=self.hparams.pck_pairs)
+            # the keypoint baseline uses the same single camera (pck*_mean_cam)
+            proj_mean = project(self.template_vertices().unsqueeze(0), cam)[0, :, :2].cpu()
+        pck = transfer_pck({**store, "proj_mean_cam": proj_mean}, n_pairs=self.hparams.pck_pairs)
         metrics.update(pck)
         return {"protocol": f"umr ({self.hparams.eval_protocol})", "images": n, "metrics": metrics,
                 "units": {"mask_iou": "IoU (soft render > 0.5 vs GT > 0.5)", "mask_iou_soft": "soft IoU",
