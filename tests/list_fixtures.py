@@ -50,9 +50,11 @@ class ShapeSet(Dataset):
     """Items in the LIST batch schema for spheres/boxes of given sizes (fixed draws per item)."""
 
     def __init__(self, shapes: list[tuple[str, float]], queries: int = 512, fps: int = 256, pixels: int = 32,
-                 seed: int = 0) -> None:
+                 seed: int = 0, resample: bool = False, near_sigma: float = 0.02) -> None:
+        """``resample``: fresh queries at every access (deterministic in the access order) instead of
+        one fixed draw per item; ``near_sigma``: spread of the near-surface half of the queries."""
         self.shapes, self.queries, self.fps, self.pixels = shapes, queries, fps, pixels
-        self.seed = seed
+        self.seed, self.resample, self.near_sigma, self._accesses = seed, resample, near_sigma, 0
 
     def __len__(self) -> int:
         return len(self.shapes)
@@ -60,7 +62,11 @@ class ShapeSet(Dataset):
     def __getitem__(self, index: int) -> dict:
         kind, size = self.shapes[index]
         g = torch.Generator().manual_seed(self.seed * 1000 + index)
-        near = surface_points(kind, size, self.queries // 2, g) + 0.02 * torch.randn(self.queries // 2, 3, generator=g)
+        if self.resample:
+            self._accesses += 1
+            g.manual_seed(self.seed * 1000 + index + 7919 * self._accesses)
+        near = surface_points(kind, size, self.queries // 2, g) + self.near_sigma * torch.randn(self.queries // 2, 3,
+                                                                                                generator=g)
         uniform = torch.rand(self.queries - self.queries // 2, 3, generator=g) - 0.5
         points = torch.cat([near, uniform]).clamp(-0.5, 0.5)
         return {"image": silhouette(kind, size, self.pixels), "points": points,

@@ -243,3 +243,68 @@ def test_image_folder_bad_inputs_are_one_line_errors(tmp_path):
         ImageFolder(tmp_path / "missing")
     with pytest.raises(InputError, match="no images"):
         ImageFolder(tmp_path)
+
+
+# ----------------------------------------------------------------------------- spec §6 switches
+def test_st_bias_init_disn_camera_projects_the_box_inside_the_map():
+    from sfd_lightning.modules.list_recon.networks import disn_camera_matrix
+
+    corners = torch.tensor([[x, y, z] for x in (-.5, .5) for y in (-.5, .5) for z in (-.5, .5)])[None]
+    for size in (20, 137):
+        prior = disn_camera_matrix(size)
+        depth = torch.cat([corners, torch.ones(1, 8, 1)], -1) @ prior
+        assert depth[..., 2].min() > 0.5  # in front of the camera everywhere in the box
+        uv = project(corners, prior[None])[0]
+        assert uv.min() > 0 and uv.max() < size - 1
+        centre = project(torch.zeros(1, 1, 3), prior[None])[0, 0]
+        assert torch.allclose(centre, torch.full((2,), (size - 1) / 2), atol=1e-4)
+        up = project(torch.tensor([[[0.0, 0.3, 0.0]]]), prior[None])[0, 0]
+        assert up[1] < centre[1]  # +y appears up in the image (smaller row)
+    torch.manual_seed(0)
+    model = ListFine(vox_res=32, map_size=20, st_bias_init="disn_camera", **TINY_TREE).eval()
+    images = torch.stack([silhouette("sphere", 0.3), silhouette("box", 0.2)])
+    transform = model.encode(images)["transform"]
+    assert (transform - disn_camera_matrix(20)).abs().max() < 0.25 * disn_camera_matrix(20).abs().max()
+    with pytest.raises(InputError, match="st_bias_init"):
+        ListFine(vox_res=32, st_bias_init="camera", **TINY_TREE)
+
+
+def test_uniform_queries_sign_and_distance_on_a_sphere():
+    from sfd_lightning.datamodules.shapenet_datasets import uniform_queries
+
+    torch.manual_seed(0)
+    g = torch.randn(20000, 3, dtype=torch.float64)
+    surface = (0.3 * g / g.norm(dim=1, keepdim=True)).numpy()
+    pools = []
+    for sigma in (0.003, 0.01, 0.07):
+        q = torch.from_numpy(surface[:5000]) + sigma * torch.randn(5000, 3, dtype=torch.float64)
+        pools.append(torch.cat([q, (q.norm(dim=1) - 0.3)[:, None]], 1).float())
+    points, values = uniform_queries(surface, pools, 2000)
+    assert points.shape == (2000, 3) and values.shape == (2000,)
+    assert points.min() >= -0.5 and points.max() <= 0.5
+    exact = points.norm(dim=1) - 0.3
+    assert ((values < 0) == (exact < 0)).float().mean() > 0.99
+    assert (values.abs() - exact.abs()).abs().max() < 0.02
+
+
+def test_precise_bn_after_the_last_step_replaces_the_running_averages(tmp_path):
+    """``precise_bn_batches``: after the last step the trainable BN statistics are the exact averages
+    over that many training batches (recomputing them by hand gives the same numbers); the frozen
+    coarse branch keeps its own."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from tests.list_fixtures import ShapeSet
+
+    torch.manual_seed(0)
+    model = ListFine(vox_res=32, vox_channels=[4, 8, 8, 8, 8], map_size=10, precise_bn_batches=2, **TINY_TREE)
+    frozen_before = model.im_encoder.backbone.bn1.running_mean.clone()
+    data = DataLoader(ShapeSet([("sphere", 0.3), ("box", 0.2), ("sphere", 0.2), ("box", 0.3)], queries=128,
+                               fps=64, pixels=16), batch_size=2)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data)
+    after_fit = model.im_encoder2.backbone.bn1.running_mean.clone()
+    assert torch.equal(model.im_encoder.backbone.bn1.running_mean, frozen_before)
+    model.precise_batchnorm(iter(data))
+    assert torch.allclose(model.im_encoder2.backbone.bn1.running_mean, after_fit, atol=1e-6)

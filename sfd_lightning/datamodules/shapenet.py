@@ -141,7 +141,9 @@ class ShapeNetImageDataModule(_ShapeNetTree):
     Splits: ``DISN_split/<synset>_train.lst`` (first ``max_per_class`` ids, random view per access);
     test items from ``DISN_split/testlist_all.lst`` (``synset id view``, LIST view 32) filtered to
     ``categories``, else ``<synset>_test.lst`` at ``eval_view``; validation = the first
-    ``val_items`` test items (LIST: 30 lines).
+    ``val_items`` test items (LIST: 30 lines). ``uniform_fraction`` (0 = LIST; spec §6 switch, e.g.
+    0.05): that share of each item's queries is uniform in [−0.5, 0.5]³ with an approximate SDF
+    (:func:`~sfd_lightning.datamodules.shapenet_datasets.uniform_queries`), against floating blobs.
     """
 
     def __init__(self, root: str | None = None, categories: Sequence[str] = ("chair",),
@@ -149,7 +151,7 @@ class ShapeNetImageDataModule(_ShapeNetTree):
                  batch_size: int = 32, eval_batch_size: int | None = None, num_workers: int = 0,
                  image_size: int = 224, alpha: str = "drop", view: int | None = None, eval_view: int = 32,
                  max_per_class: int | None = None, val_items: int | None = 30,
-                 synthetic: dict[str, Any] | None = None) -> None:
+                 synthetic: dict[str, Any] | None = None, uniform_fraction: float = 0.0) -> None:
         super().__init__(root, categories, batch_size, eval_batch_size, num_workers, synthetic)
         self.save_hyperparameters()
 
@@ -179,7 +181,8 @@ class ShapeNetImageDataModule(_ShapeNetTree):
 
     def _dataset(self, items: list) -> ListSamples:
         hp = self.hparams
-        return ListSamples(self.root, items, hp.sample_point_density, hp.sigma_fractions, hp.image_size, hp.alpha)
+        return ListSamples(self.root, items, hp.sample_point_density, hp.sigma_fractions, hp.image_size, hp.alpha,
+                           uniform_fraction=hp.get("uniform_fraction", 0.0))
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.train_set is None:

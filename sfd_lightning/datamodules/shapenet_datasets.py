@@ -50,6 +50,25 @@ def draw_queries(pools: Sequence[torch.Tensor], counts: Sequence[int]) -> tuple[
     return rows[:, :3].contiguous(), rows[:, 3].contiguous()
 
 
+def uniform_queries(surface: np.ndarray, pools: Sequence[torch.Tensor], count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` uniform points in [−0.5, 0.5]³ with an approximate SDF (LIST ``uniform_fraction``).
+
+    |SDF| = distance to the nearest surface sample ``surface (M, 3)`` (``grid_points``; error ≤ the
+    sample spacing), sign = sign of the nearest σ-perturbed query of ``pools`` (``(N_i, 4)`` rows
+    x, y, z, sdf; negative inside). Returns points ``(count, 3)``, values ``(count,)`` float32.
+    """
+    from scipy.spatial import cKDTree
+
+    points = torch.rand(count, 3, dtype=torch.float64) - 0.5
+    if count == 0:
+        return points.float(), torch.zeros(0)
+    distance, _ = cKDTree(np.asarray(surface, dtype=np.float64)).query(points.numpy())
+    rows = torch.cat([p.double() for p in pools]).numpy()
+    _, nearest = cKDTree(rows[:, :3]).query(points.numpy())
+    sign = np.where(rows[nearest, 3] < 0, -1.0, 1.0)
+    return points.float(), torch.from_numpy(sign * distance).float()
+
+
 def load_query_pools(path: Path, fractions: Sequence[float]) -> tuple[np.ndarray, list[torch.Tensor]]:
     """``grid_points (N, 3)`` and the per-σ pools (ascending σ) of a LIST sample file."""
     grid, queries = read_list_samples(path)
@@ -148,12 +167,17 @@ class ListSamples(Dataset):
 
     def __init__(self, root: str | Path, items: Sequence[tuple[str, str, int | None]],
                  sample_point_density: int = 32768, sigma_fractions: Sequence[float] = (0.5, 0.49, 0.01),
-                 image_size: int | None = 224, alpha: str = "drop", load_queries: bool = True) -> None:
+                 image_size: int | None = 224, alpha: str = "drop", load_queries: bool = True,
+                 uniform_fraction: float = 0.0) -> None:
         self.layout = ShapeNetLayout(Path(root))
         self.items = list(items)
         self.density, self.fractions = int(sample_point_density), [float(f) for f in sigma_fractions]
         self.image_size, self.alpha, self.load_queries = image_size, alpha, load_queries
+        if not 0.0 <= float(uniform_fraction) < 1.0:
+            raise InputError(None, f"uniform_fraction {uniform_fraction} is not in [0, 1)", "use e.g. 0.05 (0 = LIST)")
+        self.uniform_fraction = float(uniform_fraction)
         self._cache: dict[tuple[str, str], tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self._surface: dict[tuple[str, str], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -161,14 +185,23 @@ class ListSamples(Dataset):
     def _samples(self, synset: str, instance: str) -> tuple[list[torch.Tensor], torch.Tensor]:
         key = (synset, instance)
         if key not in self._cache:
-            _, pools = load_query_pools(self.layout.sampled_points(synset, instance), self.fractions)
+            grid, pools = load_query_pools(self.layout.sampled_points(synset, instance), self.fractions)
             fps = read_farthest_points(self.layout.farthest_points(synset, instance))
             self._cache[key] = (pools, torch.from_numpy(fps))
+            if self.uniform_fraction > 0:
+                self._surface[key] = np.asarray(grid)
         return self._cache[key]
 
     def query_counts(self) -> list[int]:
-        """Rows drawn per σ level: ``rint(frac_i · sample_point_density)``."""
-        return query_counts(self.fractions, self.density)
+        """Rows drawn per σ level: ``rint(frac_i · sample_point_density)`` (with ``uniform_fraction``
+        u > 0: ``rint(frac_i · (1 − u) · density)``, then ``rint(u · density)`` uniform rows)."""
+        if self.uniform_fraction <= 0:
+            return query_counts(self.fractions, self.density)
+        return query_counts(self.fractions, int(round((1 - self.uniform_fraction) * self.density)))
+
+    def uniform_count(self) -> int:
+        """Uniform-in-box rows per item (``rint(uniform_fraction · density)``; 0 = LIST)."""
+        return int(np.rint(self.uniform_fraction * self.density))
 
     def __getitem__(self, index: int) -> dict:
         synset, instance, view = self.items[index]
@@ -181,5 +214,8 @@ class ListSamples(Dataset):
                 "mesh_path": str(self.layout.isosurface(synset, instance))}
         if self.load_queries:
             points, values = draw_queries(pools, self.query_counts())
+            if self.uniform_fraction > 0:
+                extra = uniform_queries(self._surface[(synset, instance)], pools, self.uniform_count())
+                points, values = torch.cat([points, extra[0]]), torch.cat([values, extra[1]])
             item.update(points=points, values=values)
         return item

@@ -177,15 +177,61 @@ class PointMLP(nn.Module):
         return x.amax(dim=(2, 3))
 
 
+#: ``st_bias_init`` choices: ``none`` (LIST: default init, no prior) or ``disn_camera``.
+ST_BIAS_INITS = ("none", "disn_camera")
+#: The prior camera of ``disn_camera``: a mean DISN "easy" view (methods/list.md §2.1): 35 mm lens on
+#: a 32 mm sensor, elevation 25°, distance 0.825·1.75, azimuth 45° (views cover all azimuths; 45°
+#: keeps every axis visible), looking at the origin with +y up.
+DISN_PRIOR = {"focal_mm": 35.0, "sensor_mm": 32.0, "elevation": 25.0, "azimuth": 45.0, "distance": 0.825 * 1.75,
+              "frame_scale": 1.0 / 1.5}
+
+
+def disn_camera_matrix(map_size: int, focal_mm: float = 35.0, sensor_mm: float = 32.0, elevation: float = 25.0,
+                       azimuth: float = 45.0, distance: float = 0.825 * 1.75, frame_scale: float = 1.0 / 1.5) -> Tensor:
+    """Projective matrix ``M (4, 3)`` of a DISN-style camera in perceptual-map pixels.
+
+    ``h = [q, 1]·M``, ``uv = h_xy / h_z`` as in :func:`project`: ``M = (K·[R | t]·diag(s, s, s, 1))ᵀ``
+    with ``K`` for a ``map_size²`` map (``f = focal/sensor·(S − 1)``, principal point ``(S − 1)/2``,
+    the map pixel grid of ``align_corners=True``), ``R, t`` of
+    :func:`~sfd_lightning.geometry.cameras.spherical_camera` (OpenCV: x right, y down, z forward), and
+    ``s = frame_scale`` mapping LIST's longest-side-1 frame to the renders' diagonal-1 frame
+    (≈ 1/1.5 for a typical ShapeNet bounding box; a prior, not a calibration). Every query of
+    [−0.5, 0.5]³ has depth ≥ ``distance − s·√3/2`` > 0, so the perspective divide is well defined.
+    """
+    import numpy as np
+
+    from sfd_lightning.geometry.cameras import intrinsics_from_focal_mm, spherical_camera
+
+    size = int(map_size)
+    K = intrinsics_from_focal_mm(focal_mm, sensor_mm, size - 1, size - 1)
+    K[0, 2] = K[1, 2] = (size - 1) / 2.0
+    cam = spherical_camera(azimuth, elevation, distance, K, size, size)
+    P = K @ np.concatenate([cam.R, np.asarray(cam.t, dtype=np.float64).reshape(3, 1)], axis=1)  # (3, 4)
+    P = P @ np.diag([frame_scale, frame_scale, frame_scale, 1.0])
+    return torch.from_numpy(P.T.copy()).float()
+
+
 class SpatialTransformer(nn.Module):
     """``[coarse feature, image code]`` ``(B, in_dim)`` -> projective matrix ``M (B, 4, 3)``
-    (never supervised). BatchNorm1d: training batches need >= 2 items."""
+    (never supervised). BatchNorm1d: training batches need >= 2 items.
 
-    def __init__(self, in_dim: int = 640, hidden: int = 128) -> None:
+    ``bias_init`` (``(4, 3)`` or None): prior matrix put into the last layer's bias, whose weights are
+    scaled by ``weight_scale``, so every image starts near the prior projection (spec §6
+    ``st_bias_init: disn_camera``). None keeps PyTorch's default init (LIST: no prior; the predicted
+    depth ``h_z`` then takes either sign per image and most queries project off the map).
+    """
+
+    def __init__(self, in_dim: int = 640, hidden: int = 128, bias_init: Tensor | None = None,
+                 weight_scale: float = 0.1) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.LeakyReLU(0.2), nn.BatchNorm1d(hidden),
                                  nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.BatchNorm1d(hidden),
                                  nn.Linear(hidden, 12))
+        if bias_init is not None:
+            last = self.net[-1]
+            with torch.no_grad():
+                last.weight.mul_(weight_scale)
+                last.bias.copy_(bias_init.reshape(12).to(last.bias.dtype))
 
     def forward(self, features: Tensor) -> Tensor:
         return self.net(features).view(-1, 4, 3)
