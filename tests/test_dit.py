@@ -213,3 +213,24 @@ def test_two_micro_batches_average_to_the_full_batch():
     halves = [sum(dit_objective(net, codes[i:i + 2], samples[i:i + 2], sch, 30.0).values()) / 2 for i in (0, 2)]
     accumulated = grads(halves[0] + halves[1])
     assert torch.allclose(full, accumulated, atol=1e-6, rtol=1e-5)
+
+
+def test_clip_to_ball_removes_surface_outside_the_frame_ball():
+    """``bound_radius``: a slab that runs into the box corners stays inside the DeepSDF ball."""
+    import numpy as np
+
+    from sfd_lightning.geometry.extraction import extract_mesh
+    from sfd_lightning.modules.dit.networks import DEEPSDF_BALL_RADIUS, clip_to_ball
+
+    def slab(points: torch.Tensor) -> torch.Tensor:
+        return points[:, 1].abs() - 0.1
+
+    pts = torch.rand(500, 3) * 2 - 1
+    assert torch.equal(clip_to_ball(slab(pts), pts, None), slab(pts))
+    inside = pts[pts.norm(dim=1) < 0.5]
+    assert torch.equal(clip_to_ball(slab(inside), inside, DEEPSDF_BALL_RADIUS), slab(inside))
+    raw = extract_mesh(slab, [-1.0] * 3, [1.0] * 3, 24, mode="dense")
+    clipped = extract_mesh(lambda p: clip_to_ball(slab(p), p, DEEPSDF_BALL_RADIUS), [-1.0] * 3, [1.0] * 3, 24,
+                           mode="dense")
+    assert np.linalg.norm(raw.vertices, axis=1).max() > 1.3
+    assert np.linalg.norm(clipped.vertices, axis=1).max() <= DEEPSDF_BALL_RADIUS + 2.0 / 23

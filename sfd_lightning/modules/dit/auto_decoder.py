@@ -28,7 +28,7 @@ from sfd_lightning.modules.base import BaseReconSystem
 from sfd_lightning.modules.dit.evaluation import log_and_summarise, mesh_path, safe_name, score_mesh, to_original
 from sfd_lightning.modules.dit.losses import (DITSchedule, code_norm_loss, point_pair_loss,
                                               pointwise_warp_loss, sdf_loss)
-from sfd_lightning.modules.dit.networks import DITNetwork
+from sfd_lightning.modules.dit.networks import DITNetwork, clip_to_ball
 from sfd_lightning.modules.dit.reconstruct import reconstruct_codes, sdf_error
 
 BOX = 1.0  # the normalised frame: queries in [-1, 1]^3
@@ -81,6 +81,9 @@ class DITAutoDecoder(BaseReconSystem):
             and used only to score ``sdf_l1`` (0 = score on the optimised samples, as DeepSDF).
         test_resolution: mesh grid of test shapes (DIT 256); extraction_mode / extraction_lipschitz:
             coarse-to-fine settings (the warped field is not exactly 1-Lipschitz).
+        bound_radius: intersect every decoded field (meshes, exports, test scores) with the ball of
+            this radius (:func:`~sfd_lightning.modules.dit.networks.clip_to_ball`; the DeepSDF frame
+            puts every shape inside 1/1.03 ≈ 0.971); ``None`` = the original (box only).
         protocol, eval_samples: evaluation protocol (``deepsdf``) and optional sample override.
         score_mean_code: also mesh and score the mean training code per test shape (baseline).
         export_max_shapes: cap on per-shape meshes written by ``sfd export`` (None = all).
@@ -101,7 +104,8 @@ class DITAutoDecoder(BaseReconSystem):
                  test_resolution: int = 256, extraction_mode: str = "coarse_to_fine",
                  extraction_lipschitz: float = 2.0, protocol: str = "deepsdf", eval_samples: int | None = None,
                  score_mean_code: bool = True, export_max_shapes: int | None = None,
-                 num_scenes: int | None = None, scene_names: list[str] | None = None) -> None:
+                 num_scenes: int | None = None, scene_names: list[str] | None = None,
+                 bound_radius: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.extraction_lipschitz = extraction_lipschitz
@@ -112,6 +116,7 @@ class DITAutoDecoder(BaseReconSystem):
         if num_scenes:
             self._build_codes(int(num_scenes))
         self._test_records: list[dict[str, Any]] = []
+        self._mean_mesh: Mesh | None = None  # mean-code mesh of the current test (normalised frame)
 
     # ------------------------------------------------------------------ codes and data frame
     def _build_codes(self, count: int) -> None:
@@ -162,15 +167,17 @@ class DITAutoDecoder(BaseReconSystem):
 
     # ------------------------------------------------------------------ surfaces and export
     def sdf_fn(self, code: Tensor | None):
-        """``points (N, 3) -> (N,)`` for a code ``(C,)`` (``None`` = the template), fp32, no grad."""
+        """``points (N, 3) -> (N,)`` for a code ``(C,)`` (``None`` = the template), fp32, no grad;
+        shape fields are clipped to ``bound_radius`` when set (the template is not)."""
         net = self.net
+        radius = self.hparams.get("bound_radius")
 
         def fn(points: Tensor) -> Tensor:
             with torch.no_grad(), torch.autocast(device_type=points.device.type, enabled=False):
                 pts = points.float()
                 if code is None:
                     return net.template(pts)
-                return net.sdf(code.to(pts).expand(len(pts), -1), pts)
+                return clip_to_ball(net.sdf(code.to(pts).expand(len(pts), -1), pts), pts, radius)
         return fn
 
     def surface(self, item: Any = None) -> SurfaceHandle:
@@ -308,13 +315,16 @@ class DITAutoDecoder(BaseReconSystem):
         record["failed"] = bool(scores["metrics"].get("n_failed", 0))
         record["protocol"] = {"name": scores["protocol"], "version": scores["version"], "scale": scores["scale"]}
         if mean_code is not None and hp.score_mean_code:
-            base = self.extract(mean_code, hp.test_resolution, 0.0, hp.extraction_mode)
+            if self._mean_mesh is None:  # the same code for every shape: extracted once per test
+                self._mean_mesh = self.extract(mean_code, hp.test_resolution, 0.0, hp.extraction_mode)
+            base = self._mean_mesh
             base_scores = score_mesh(to_original(base, offset, scale), gt, hp.protocol, record["name"],
                                      hp.eval_samples)
             record["mean_code_metrics"] = base_scores["metrics"]
 
     def on_test_epoch_start(self) -> None:
         self._test_records = []
+        self._mean_mesh = None
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_batch(batch, "test", batch_idx)

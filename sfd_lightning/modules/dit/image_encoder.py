@@ -30,7 +30,7 @@ from sfd_lightning.modules.base import BaseReconSystem
 from sfd_lightning.modules.dit.auto_decoder import BOX, dit_objective
 from sfd_lightning.modules.dit.evaluation import log_and_summarise, mesh_path, safe_name, score_mesh, to_original
 from sfd_lightning.modules.dit.losses import DITSchedule
-from sfd_lightning.modules.dit.networks import DITNetwork
+from sfd_lightning.modules.dit.networks import DITNetwork, clip_to_ball
 from sfd_lightning.modules.dit.reconstruct import sdf_error
 from sfd_lightning.nn.resnet import ResNetEncoder
 
@@ -102,6 +102,12 @@ class DITImageSystem(BaseReconSystem):
         jitter, hue: colour jitter strength (0.4, 0.4); 0 disables.
         test_resolution, extraction_mode, extraction_lipschitz, protocol, eval_samples: evaluation.
         score_mean_code: also score the mean training code (the mean-shape baseline).
+        bound_radius: clip decoded fields to this ball (as :class:`DITAutoDecoder`; ``None`` = off).
+        hflip: probability of a horizontal flip per training image (0 = original). For bilaterally
+            symmetric categories (chairs, tables, sofas, planes) a mirrored view is the view from the
+            mirrored azimuth, so the flip adds viewpoints, not label noise.
+        head_init: ``default`` (PyTorch init) or ``mean`` (two-phase: the head starts at the mean
+            phase-1 code, see :meth:`_init_head_at_mean`).
     """
 
     def __init__(self, dit_checkpoint: str | None = None, net: dict | None = None, encoder_weights: str | None = None,
@@ -109,9 +115,14 @@ class DITImageSystem(BaseReconSystem):
                  frozen_bn_mode: str = "eval", jitter: float = 0.4, hue: float = 0.4, test_resolution: int = 256,
                  extraction_mode: str = "coarse_to_fine", extraction_lipschitz: float = 2.0,
                  protocol: str = "deepsdf", eval_samples: int | None = None, score_mean_code: bool = True,
-                 scene_names: list[str] | None = None, code_bound: float | None = 1.0) -> None:
+                 scene_names: list[str] | None = None, code_bound: float | None = 1.0,
+                 bound_radius: float | None = None, hflip: float = 0.0, head_init: str = "default") -> None:
         super().__init__()
         self.extraction_lipschitz = extraction_lipschitz
+        self.bound_radius = bound_radius
+        self.hflip = float(hflip)
+        if head_init not in ("default", "mean"):
+            raise InputError(None, f"head_init must be 'default' or 'mean', got {head_init!r}", "use default or mean")
         ckpt = None
         if dit_checkpoint is not None and (net is None or Path(dit_checkpoint).is_file()):
             ckpt = load_checkpoint(dit_checkpoint, "dit_checkpoint")
@@ -141,12 +152,23 @@ class DITImageSystem(BaseReconSystem):
                     norms = codes.norm(dim=1, keepdim=True).clamp_min(1e-12)
                     codes = codes * (norms.clamp(max=code_bound) / norms)
                 self.target_codes = codes.float()
+                if head_init == "mean":
+                    self._init_head_at_mean()
         self.scene_rows = {name: i for i, name in enumerate(scene_names or [])}
         #: values derived from dit_checkpoint; subclasses store them with their hyper-parameters
         self._derived = {"net": self.net_config, "scene_names": scene_names, "code_bound": code_bound}
         self._records: list[dict[str, Any]] = []
+        self._mean_mesh = None  # the mean-code mesh of the current evaluation (normalised frame)
 
     # ------------------------------------------------------------------ encoder
+    def _init_head_at_mean(self) -> None:
+        """Last head layer: bias = mean phase-1 code, weights ×0.1 — the untrained encoder predicts
+        (nearly) the mean shape and moves away from it only as far as the images tell it."""
+        last = [m for m in self.encoder.head.modules() if isinstance(m, nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.mul_(0.1)
+            last.bias.copy_(self.target_codes.mean(0))
+
     def normalize(self, images: Tensor) -> Tensor:
         mean = images.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = images.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -156,10 +178,18 @@ class DITImageSystem(BaseReconSystem):
         """``images (B, 3, H, W)`` in [0, 1] -> codes ``(B, C)`` (fp32)."""
         if augment:
             images = color_jitter(images, self.hparams.jitter, self.hparams.hue)
+            if self.hflip > 0:  # mirror image = view from the mirrored azimuth of a bilaterally symmetric shape
+                flip = torch.rand(len(images), device=images.device) < self.hflip
+                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         return self.encoder(self.normalize(images)).float()
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.encoder.trunk] if self.hparams.freeze_trunk else []
+
+    def configure_model(self) -> None:
+        # Before the strategy wraps the model: DDP fixes the set of parameters that need gradients
+        # when it is built, so freezing only in on_fit_start leaves it waiting for gradients.
+        self._apply_freezing()
 
     def on_fit_start(self) -> None:
         self._apply_freezing()
@@ -180,7 +210,9 @@ class DITImageSystem(BaseReconSystem):
         def fn(points: Tensor) -> Tensor:
             with torch.no_grad(), torch.autocast(device_type=points.device.type, enabled=False):
                 pts = points.float()
-                return net.template(pts) if code is None else net.sdf(code.to(pts).expand(len(pts), -1), pts)
+                if code is None:
+                    return net.template(pts)
+                return clip_to_ball(net.sdf(code.to(pts).expand(len(pts), -1), pts), pts, self.bound_radius)
         return fn
 
     def surface(self, item: Any = None) -> SurfaceHandle:
@@ -230,13 +262,16 @@ class DITImageSystem(BaseReconSystem):
                 record["metrics"] = scores["metrics"]
                 record["failed"] = bool(scores["metrics"].get("n_failed", 0))
                 if mean_code is not None and hp.score_mean_code:
-                    base = self.extract(mean_code, hp.test_resolution, 0.0, hp.extraction_mode)
+                    if self._mean_mesh is None:  # one code, one mesh: extracted once per evaluation
+                        self._mean_mesh = self.extract(mean_code, hp.test_resolution, 0.0, hp.extraction_mode)
+                    base = self._mean_mesh
                     record["mean_code_metrics"] = score_mesh(to_original(base, offset, scale), gt, hp.protocol,
                                                              name, hp.eval_samples)["metrics"]
             self._records.append(record)
 
     def on_test_epoch_start(self) -> None:
         self._records = []
+        self._mean_mesh = None
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_batch(batch, "test")
@@ -275,7 +310,7 @@ class DITImageTwoPhase(DITImageSystem):
 
     Args (beyond :class:`DITImageSystem`): lr (1e-3), lr_step: StepLR period (fraction of
     ``max_steps`` when < 1; original 5 of 199 epochs ≈ 0.025), lr_gamma (0.5), weight_decay (0),
-    regress_reduction ``sum`` (original) or ``mean``.
+    regress_reduction ``sum`` (original) or ``mean``; hflip, head_init as :class:`DITImageSystem`.
     """
 
     def __init__(self, dit_checkpoint: str | None = None, net: dict | None = None, encoder_weights: str | None = None,
@@ -285,10 +320,11 @@ class DITImageTwoPhase(DITImageSystem):
                  regress_reduction: str = "sum", test_resolution: int = 256, extraction_mode: str = "coarse_to_fine",
                  extraction_lipschitz: float = 2.0, protocol: str = "deepsdf", eval_samples: int | None = None,
                  score_mean_code: bool = True, scene_names: list[str] | None = None,
-                 code_bound: float | None = 1.0) -> None:
+                 code_bound: float | None = 1.0, bound_radius: float | None = None, hflip: float = 0.0,
+                 head_init: str = "default") -> None:
         super().__init__(dit_checkpoint, net, encoder_weights, encoder_checkpoint, head, freeze_trunk, frozen_bn_mode,
                          jitter, hue, test_resolution, extraction_mode, extraction_lipschitz, protocol, eval_samples,
-                         score_mean_code, scene_names, code_bound)
+                         score_mean_code, scene_names, code_bound, bound_radius, hflip=hflip, head_init=head_init)
         if regress_reduction not in ("sum", "mean"):
             raise InputError(None, f"regress_reduction must be 'sum' or 'mean', got {regress_reduction!r}", "use sum or mean")
         self.save_hyperparameters()
@@ -347,10 +383,11 @@ class DITImageEndToEnd(DITImageSystem):
                  ramp_epochs: float = 100.0, lr_halving_epochs: float = 500.0, total_epochs: float = 2001.0,
                  test_resolution: int = 256, extraction_mode: str = "coarse_to_fine", extraction_lipschitz: float = 2.0,
                  protocol: str = "deepsdf", eval_samples: int | None = None, score_mean_code: bool = True,
-                 scene_names: list[str] | None = None, code_bound: float | None = 1.0) -> None:
+                 scene_names: list[str] | None = None, code_bound: float | None = 1.0,
+                 bound_radius: float | None = None) -> None:
         super().__init__(dit_checkpoint, net, encoder_weights, encoder_checkpoint, head, freeze_trunk, frozen_bn_mode,
                          jitter, hue, test_resolution, extraction_mode, extraction_lipschitz, protocol, eval_samples,
-                         score_mean_code, scene_names, code_bound)
+                         score_mean_code, scene_names, code_bound, bound_radius)
         self.save_hyperparameters()
         self.hparams.update(self._derived)
         self.schedule = DITSchedule(code_reg, pointwise_weight, pointpair_weight, ramp_epochs, lr_halving_epochs,

@@ -142,6 +142,25 @@ class DITNetwork(nn.Module):
         return self.sdf_decoder(xyz)
 
 
+#: Radius of the DeepSDF/DIT normalised frame's bounding ball: the farthest vertex of every shape
+#: sits at 1/1.03 (methods/dit.md §2.1), so the true surface never leaves this ball.
+DEEPSDF_BALL_RADIUS = 1.0 / 1.03
+
+
+def clip_to_ball(sdf: Tensor, xyz: Tensor, radius: float | None) -> Tensor:
+    """``max(sdf, ‖x‖ − radius)``: the field intersected with the frame's bounding ball.
+
+    ``sdf (N,)`` at points ``xyz (N, 3)``; ``radius None`` returns ``sdf`` unchanged. A short
+    training run leaves the far field (beyond the data's near-surface band) under-constrained, and
+    thin parts (legs, backrests) extrude up to the extraction box; the DeepSDF normalisation
+    guarantees no surface outside ``DEEPSDF_BALL_RADIUS``, so the intersection removes only
+    surface that cannot belong to the shape (1-Lipschitz, safe for coarse-to-fine extraction).
+    """
+    if radius is None:
+        return sdf
+    return torch.maximum(sdf, xyz.norm(dim=-1) - float(radius))
+
+
 def map_legacy_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Original DIT checkpoint keys -> :class:`DITNetwork` keys.
 
