@@ -308,3 +308,12 @@ def test_precise_bn_after_the_last_step_replaces_the_running_averages(tmp_path):
     assert torch.equal(model.im_encoder.backbone.bn1.running_mean, frozen_before)
     model.precise_batchnorm(iter(data))
     assert torch.allclose(model.im_encoder2.backbone.bn1.running_mean, after_fit, atol=1e-6)
+
+
+def test_list_overfits_one_sphere():
+    """One shape, IoU near 1 (the box, with sharp edges, is the slow case in test_list_quality.py;
+    measured numbers there: sphere 0.973, L_sdf fell 821x)."""
+    from tests.test_list_quality import OVERFIT_ONE_STEPS, overfit_one_shape
+
+    iou, drop = overfit_one_shape("sphere", 0.3, OVERFIT_ONE_STEPS)
+    assert iou > 0.95 and drop >= 5.0, (iou, drop)

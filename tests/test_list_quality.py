@@ -210,7 +210,8 @@ OVERFIT_ONE_STEPS = 100
 #: sphere 0.3: 0.963 after 60 steps, 0.976 after 100; box 0.25: 0.922 / 0.933 (0.943 / 0.924 after
 #: 150 / 200; a cosine LR decay or 2048 queries at σ 0.01 did not lift it: the sharp edges are the limit).
 #: Through pytest (2 threads): sphere 0.973 (L_sdf fell 821x), box 0.932 (222x); ~18 s each when idle.
-@pytest.mark.parametrize("kind,size,min_iou", [("sphere", 0.3, 0.95), ("box", 0.25, 0.9)])
+#: The sphere case runs in ``make test`` (tests/test_list.py::test_list_overfits_one_sphere).
+@pytest.mark.parametrize("kind,size,min_iou", [("box", 0.25, 0.9)])
 def test_list_overfits_one_shape(kind, size, min_iou):
     iou, drop = overfit_one_shape(kind, size, OVERFIT_ONE_STEPS)
     print(f"overfit {kind} {size}: IoU {iou:.4f}, L_sdf fell {drop:.0f}x")
