@@ -12,15 +12,13 @@ import lightning.pytorch as pl
 
 from sfd_lightning.datamodules.pile import PileDataModule, PileRayDataset
 from sfd_lightning.modules.sfd import SfD
+from tests.test_sfd import TINY as SFD_TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = dict(sdf_width=32, sdf_depth=4, sdf_multires=3, feature_dim=8, albedo_width=32, albedo_depth=2,
-            shading_width=32, shading_depth=2, proxy_width=16, proxy_depth=2, proxy_multires=3, vis_width=16,
-            vis_depth=2, mat_multires=3, mat_enc_width=16, mat_enc_depth=2, mat_latent=8, mat_dec_width=16,
-            mat_dec_depth=2, num_lobes=4, n_samples=8, n_importance=8, up_sample_steps=2, chunk=8192,
-            seg_rays=16, vis_dirs=2, vis_n_samples=8, vis_n_importance=8, light_dirs=4, mesh_resolution=24,
-            chamfer_samples=1000, novel_views=1)
+# The tiny sizes of test_sfd.py, with lighter visibility/material nets and a coarser test mesh.
+TINY = {**SFD_TINY, "vis_width": 16, "mat_enc_width": 16, "num_lobes": 4, "mesh_resolution": 24,
+        "chamfer_samples": 1000}
 
 
 def test_ranks_draw_distinct_reproducible_rays(monkeypatch):
