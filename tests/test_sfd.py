@@ -241,3 +241,33 @@ def test_pose_refinement_gradients_and_perturbed_synthetic_poses(tmp_path, monke
     assert grad is not None and float(grad[0].abs().sum()) == 0.0 and float(grad[1:].abs().sum()) > 0
     optimizer = system.configure_optimizers()
     assert [g["lr"] for g in optimizer.param_groups][1] == system.hparams.pose_lr
+
+
+def test_pose_refinement_window_and_decaying_pose_lr(datamodule):
+    """``pose_start``/``pose_end`` bound the steps in which poses move; ``pose_lr_final`` decays the
+    pose lr exponentially over that window while the networks keep their own lr."""
+    from types import SimpleNamespace
+
+    system = _system(datamodule, stage="geometry", pose_refinement=True, pose_start=0.2, pose_end=0.6,
+                     pose_lr=1e-3, pose_lr_final=1e-4)
+    system._trainer = SimpleNamespace(max_steps=100, global_step=0)
+    system.apply_freezing()
+    config = system.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    lrs = []
+    for _ in range(100):
+        lrs.append([g["lr"] for g in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    main, pose = np.array(lrs).T
+    assert np.allclose(main, main[0])
+    assert np.allclose(pose[:21], 1e-3) and pose[40] == pytest.approx(10 ** -3.5) and np.allclose(pose[60:], 1e-4)
+    assert np.all(np.diff(pose) <= 0)
+    batch = _batch(datamodule)
+    for step, moving in ((10, False), (30, True), (60, False)):
+        system._trainer.global_step = step
+        system.model.zero_grad()
+        system._geometry_step(batch)["loss"].backward()
+        grad = system.model.pose.rotation.grad
+        assert (grad is not None and float(grad[1:].abs().sum()) > 0) == moving, step

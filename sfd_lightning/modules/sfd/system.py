@@ -78,6 +78,10 @@ class SfD(BaseReconSystem):
             ``pose_boundary_radius`` px of the instance silhouettes, rendered with the SDF frozen;
             the other losses then see detached poses) or "both". pose_weight: weight of that term.
             pose_min_inv_s: lower bound of the NeuS ``inv_s`` in that render (None: the learned one).
+            pose_lr_final: pose lr at ``max_steps``; it decays exponentially from ``pose_lr`` over the
+                refinement phase (as in BARF), so the residuals settle instead of wandering with the
+                per-step ray noise. None: constant ``pose_lr``.
+            pose_end: the poses stop moving at ``pose_end · max_steps`` (the shape keeps training).
         mesh_resolution: marching cubes in test; chamfer_samples: points per surface for Chamfer.
         novel_views: number of novel views of the object rendered by ``sfd predict`` (the relighting
             map is a data argument: ``--data.init_args.relight_envmap PATH``).
@@ -101,7 +105,8 @@ class SfD(BaseReconSystem):
                  novel_views: int = 4, seed: int = 0,
                  pose_loss: Literal["photometric", "silhouette", "both"] = "photometric", pose_rays: int = 256,
                  pose_weight: float = 1.0, pose_boundary_radius: int = 2,
-                 pose_min_inv_s: float | None = None) -> None:
+                 pose_min_inv_s: float | None = None, pose_lr_final: float | None = None,
+                 pose_end: float = 1.0) -> None:
         super().__init__()
         if stage not in TRAINABLE:
             raise ValueError(f"stage must be one of {list(TRAINABLE)}, got {stage!r}")
@@ -172,7 +177,7 @@ class SfD(BaseReconSystem):
     def on_fit_start(self) -> None:
         self.apply_freezing()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         self.apply_freezing()
         stage = self.hparams.stage
         lr = self.hparams.lr if self.hparams.lr is not None else DEFAULT_LR[stage]
@@ -180,9 +185,21 @@ class SfD(BaseReconSystem):
         groups: list[dict[str, Any]] = [{"params": main}]
         if stage == "geometry" and self.hparams.pose_refinement:
             groups.append({"params": list(self.model.pose.parameters()), "lr": self.hparams.pose_lr, "weight_decay": 0.0})
-        if stage == "geometry":
-            return torch.optim.AdamW(groups, lr=lr, weight_decay=self.hparams.weight_decay)
-        return torch.optim.Adam(groups, lr=lr)
+        if stage != "geometry":
+            return torch.optim.Adam(groups, lr=lr)
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=self.hparams.weight_decay)
+        if not (self.hparams.pose_refinement and self.hparams.pose_lr_final is not None):
+            return optimizer
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda step: 1.0, self._pose_lr_factor])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _pose_lr_factor(self, step: int) -> float:
+        """``pose_lr`` multiplier at ``step``: 1 until ``pose_start``, then exponential to ``pose_lr_final``."""
+        hp = self.hparams
+        total = self._max_steps()
+        begin, end = hp.pose_start * total, hp.pose_end * total
+        progress = min(1.0, max(0.0, (step - begin) / max(end - begin, 1.0)))
+        return (hp.pose_lr_final / hp.pose_lr) ** progress
 
     # ------------------------------------------------------------------ helpers
     def _max_steps(self) -> int:
@@ -230,7 +247,7 @@ class SfD(BaseReconSystem):
         hp, m = self.hparams, self.model
         self._update_pe()
         transforms = m.transforms()
-        refining = hp.pose_refinement and self.global_step >= hp.pose_start * self._max_steps()
+        refining = hp.pose_refinement and hp.pose_start <= self.global_step / self._max_steps() < hp.pose_end
         pose_transforms = transforms
         if hp.pose_refinement and (not refining or hp.pose_loss == "silhouette"):
             transforms = transforms.detach() + 0.0 * transforms  # zero pose gradients (DDP sees them used)
