@@ -120,22 +120,26 @@ def test_silhouette_refinement_recovers_a_5deg_perturbation_on_exact_geometry(se
 JOINT = dict(sdf_width=64, sdf_depth=8, sdf_multires=3, feature_dim=16, albedo_width=64, shading_width=64,
              proxy_width=32, proxy_depth=4, proxy_multires=3, vis_width=64, mat_multires=3, mat_enc_width=64,
              mat_latent=16, mat_dec_width=32, num_lobes=32, n_samples=8, n_importance=8, up_sample_steps=2,
-             chunk=8192, lr=2e-3, seg_rays=32, mesh_resolution=48, chamfer_samples=5000)
-REFINE = dict(pose_refinement=True, pose_loss="photometric", pose_start=0.25, pose_lr=5e-4)
-JOINT_STEPS = 600
-ROT_MARGIN = 0.8  # degrees; measured improvements (seeds 0/1/2): 1.40 / 2.13 / 1.30
-CD_TOLERANCE = 1.1  # measured CD(on)/CD(off): 0.80 / 1.05 / 0.89; run-to-run CD noise is ~±15 %
+             chunk=8192, lr=2e-3, seg_rays=32, mesh_resolution=48, chamfer_samples=5000, pe_ramp=(0.2, 0.8))
+# configs/sfd/tiny_pose.yaml: poses move in steps 150-479 with an lr decaying 5e-4 -> 5e-5; the shape
+# settles on fixed poses for the last 20 % (without that, 1 of 12 runs ended with CD 2x the run without)
+REFINE = dict(pose_refinement=True, pose_loss="photometric", pose_start=0.25, pose_end=0.8, pose_lr=5e-4,
+              pose_lr_final=5e-5)
+JOINT_STEPS, JOINT_RAYS = 600, 256
+ROT_MARGIN = 0.8  # degrees; measured gains from 5° (init seed 0): 1.48 / 1.29 / 1.60, over 12 runs >= 0.91
+CD_GAIN = 0.85  # CD(on) / CD(off) on pile 0 at 10°; measured 0.70 (init seed 0) and 0.69 (seed 42)
 
 
-def joint_run(seed: int, refine: bool, root) -> dict:
-    """Geometry stage on the 5°-perturbed pile (64 px, 128 rays/step), evaluated like ``sfd test``."""
+def joint_run(pile: int, noise_deg: float, refine: bool, root) -> dict:
+    """Geometry stage on a pile whose poses are perturbed by ``noise_deg`` (64 px, 256 rays/step,
+    600 steps, init seed 0), evaluated like ``sfd test``."""
     import lightning.pytorch as pl
 
     from sfd_lightning.modules.sfd.evaluation import full_evaluation
 
     pl.seed_everything(0)
-    dm = PileDataModule(rays_per_batch=128, synthetic_instances=3, synthetic_image_size=64, seed=seed,
-                        synthetic_pose_noise_deg=5.0)
+    dm = PileDataModule(rays_per_batch=JOINT_RAYS, synthetic_instances=3, synthetic_image_size=64, seed=pile,
+                        synthetic_pose_noise_deg=noise_deg)
     system = SfD(**JOINT, **(REFINE if refine else {}))
     trainer = pl.Trainer(max_steps=JOINT_STEPS, accelerator="cpu", logger=False, enable_checkpointing=False,
                          limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
@@ -149,19 +153,32 @@ def joint_run(seed: int, refine: bool, root) -> dict:
 
 
 @pytest.mark.slow
-def test_joint_refinement_ends_closer_and_the_mesh_is_not_worse(tmp_path):
-    """Shape and poses trained jointly (``REFINE``: photometric pose gradient from step 150 of 600,
-    pose lr 5e-4) vs the same run with refinement off; pile/perturbation seed 0, init seed 0.
-    Measured, pile seeds 0 / 1 / 2 (init seed 0), start 5.0° each:
-        median relative rotation  3.60° / 2.87° / 3.70°
-        CD-L1 on vs off           0.0668 vs 0.0833 / 0.0788 vs 0.0753 / 0.0574 vs 0.0646
-    NOT robust to the network-init seed: pile seed 0 with init seeds 1 / 2 / 42 ends at 5.12° /
-    3.51° / 5.39° (42 = configs/sfd/tiny_pose.yaml: the rotation about the viewing axis is
-    recovered, a tilt about an image-plane axis goes the wrong way). This test pins init seed 0;
-    it guards the mechanism against regressions, it does not show that refinement always helps.
-    ~7.5 min on the shared, loaded 2-core machine (two 600-step runs; ~2 min idle, estimated)."""
-    off = joint_run(0, False, tmp_path / "off")
-    on = joint_run(0, True, tmp_path / "on")
-    assert off["rot"] == pytest.approx(5.0, abs=0.05)
-    assert on["rot"] < off["rot"] - ROT_MARGIN, (off, on)
-    assert on["cd"] < CD_TOLERANCE * off["cd"], (off, on)
+@pytest.mark.parametrize("pile", [0, 1, 2])
+def test_joint_refinement_ends_closer_than_it_started(pile, tmp_path):
+    """Shape and poses trained jointly (``REFINE``) from poses 5° off (median relative rotation over
+    the instance pairs: exactly 5.0° at the start). Measured (~35 s each idle), init seeds
+    0 / 1 / 2 / 42:
+        pile 0: 3.52° / 3.37° / 3.01° / 2.82°
+        pile 1: 3.71° / 3.48° / 3.65° / 3.38°
+        pile 2: 3.40° / 4.09° / 3.20° / 3.67°
+    with mesh CD-L1 0.045-0.066, the range of the runs with gt poses. The previous schedule
+    (constant pose lr, 128 rays/step, PE complete at 50 %) ended above 5° in 2 of these 12 runs.
+    The test runs init seed 0 and asserts a gain > ``ROT_MARGIN``."""
+    on = joint_run(pile, 5.0, True, tmp_path)
+    assert on["rot"] < 5.0 - ROT_MARGIN, on
+
+
+@pytest.mark.slow
+def test_refinement_improves_the_mesh_where_the_pose_error_limits_it(tmp_path):
+    """At this size (64 px, 600 steps) the mesh error is dominated by the tiny networks, not by
+    5° of pose error: gt poses give CD-L1 0.044-0.064, poses 5° off 0.043-0.065 (same range). With
+    10° on pile 0 the pose error does limit the mesh (CD 0.079 / 0.087 for init seeds 0 / 42 vs
+    0.053 / 0.051 with gt poses), and refinement recovers most of it: 0.055 / 0.060, rotation
+    10° -> 7.62° / 6.92°. Piles 1 and 2 at 10° (init seed 0) are not pose-limited (CD off 0.051 /
+    0.053, as with gt poses): on, 0.052 (10° -> 8.56°) and 0.069 (10° -> 7.67°; one pair stays at
+    10°), the latter worse than off by more than the ±12 % run-to-run noise. Two runs, ~2.5 min idle."""
+    off = joint_run(0, 10.0, False, tmp_path / "off")
+    on = joint_run(0, 10.0, True, tmp_path / "on")
+    assert off["rot"] == pytest.approx(10.0, abs=0.05)
+    assert on["rot"] < 10.0 - 2 * ROT_MARGIN, (off, on)
+    assert on["cd"] < CD_GAIN * off["cd"], (off, on)

@@ -11,6 +11,13 @@ rendered with every network frozen, texture-independent), or both. Silhouettes p
 the viewing axis but only weakly those about axes in the image plane (foreshortening is second
 order), so with a learned tiny shape the photometric signal was the more reliable one (measured:
 configs/sfd/tiny_pose.yaml, tests/test_sfd_pose.py).
+
+Schedule (``SfD(pose_start, pose_end, pose_lr, pose_lr_final)``, coarse-to-fine as in BARF): the
+residuals move only within ``[pose_start, pose_end) · max_steps``, with an lr that decays
+exponentially from ``pose_lr`` to ``pose_lr_final``, while the PE ramp (``pe_ramp``) is still
+opening. With a constant lr the error kept falling while the encoding was coarse and then drifted
+back up once it was complete (the detailed shape absorbs the pose error): measured 5° -> 3.4° at
+step 400 -> 5.8° at step 1200.
 """
 
 from __future__ import annotations
