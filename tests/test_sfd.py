@@ -271,3 +271,9 @@ def test_pose_refinement_window_and_decaying_pose_lr(datamodule):
         system._geometry_step(batch)["loss"].backward()
         grad = system.model.pose.rotation.grad
         assert (grad is not None and float(grad[1:].abs().sum()) > 0) == moving, step
+
+
+@pytest.mark.parametrize("bad", [dict(pose_start=0.8, pose_end=0.5), dict(pose_end=1.5), dict(pose_lr_final=0.0)])
+def test_bad_pose_schedule_is_refused_in_one_line(bad):
+    with pytest.raises(ValueError, match="pose_"):
+        SfD(**{**TINY, "pose_refinement": True, **bad})

@@ -78,9 +78,9 @@ class SfD(BaseReconSystem):
             ``pose_boundary_radius`` px of the instance silhouettes, rendered with the SDF frozen;
             the other losses then see detached poses) or "both". pose_weight: weight of that term.
             pose_min_inv_s: lower bound of the NeuS ``inv_s`` in that render (None: the learned one).
-            pose_lr_final: pose lr at ``max_steps``; it decays exponentially from ``pose_lr`` over the
-                refinement phase (as in BARF), so the residuals settle instead of wandering with the
-                per-step ray noise. None: constant ``pose_lr``.
+            pose_lr_final: pose lr at ``pose_end · max_steps``; it decays exponentially from
+                ``pose_lr`` over the refinement window (as in BARF), so the residuals settle instead of
+                wandering with the per-step ray noise. None: constant ``pose_lr``.
             pose_end: the poses stop moving at ``pose_end · max_steps`` (the shape keeps training).
         mesh_resolution: marching cubes in test; chamfer_samples: points per surface for Chamfer.
         novel_views: number of novel views of the object rendered by ``sfd predict`` (the relighting
@@ -110,6 +110,11 @@ class SfD(BaseReconSystem):
         super().__init__()
         if stage not in TRAINABLE:
             raise ValueError(f"stage must be one of {list(TRAINABLE)}, got {stage!r}")
+        if pose_refinement and not 0.0 <= pose_start < pose_end <= 1.0:
+            raise ValueError(f"pose refinement window needs 0 <= pose_start < pose_end <= 1, got "
+                             f"pose_start={pose_start}, pose_end={pose_end}")
+        if pose_lr_final is not None and not 0.0 < pose_lr_final:
+            raise ValueError(f"pose_lr_final must be > 0 (or null for a constant pose lr), got {pose_lr_final}")
         self.save_hyperparameters()
         self.model = SfDModel(0, sdf_width, sdf_depth, sdf_multires, feature_dim, albedo_width, albedo_depth,
                               shading_width, shading_depth, color_multires, proxy_width, proxy_depth, proxy_multires, vis_width,
